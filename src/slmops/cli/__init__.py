@@ -1,0 +1,73 @@
+"""The ``slmops`` command line: a thin layer over the library.
+
+Each command parses its flags, calls one library function and renders the result. Every
+:class:`~slmops.errors.SlmopsError` becomes one line on stderr and exit code 2 (the full
+traceback only with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Annotated
+
+import typer
+
+from slmops import __version__
+from slmops.cli import generate as generate_cmds
+from slmops.cli import models as models_cmds
+from slmops.cli.common import err_console
+from slmops.errors import SlmopsError
+
+app = typer.Typer(
+    name="slmops",
+    help="Distill, fine-tune, optimize, evaluate, register and serve small language models on your own hardware.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(models_cmds.app, name="models")
+app.command("generate")(generate_cmds.generate)
+app.command("chat")(generate_cmds.chat)
+app.command("demo")(generate_cmds.demo)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"slmops {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")] = False,
+) -> None:
+    if debug:
+        os.environ["SLMOPS_DEBUG"] = "1"
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app(standalone_mode=False)
+    except SlmopsError as exc:
+        if os.environ.get("SLMOPS_DEBUG"):
+            traceback.print_exc()
+        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors come through here with standalone_mode=False
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2)
+        raise

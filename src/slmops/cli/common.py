@@ -1,0 +1,61 @@
+"""Shared CLI pieces: consoles, option types that keep flags identical across commands,
+JSON output, and the store/engine openers."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from slmops.engines.base import GenerationParams
+from slmops.models.store import ModelStore
+
+console = Console()
+err_console = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads for inference (default: all cores).")]
+MaxTokensOpt = Annotated[int, typer.Option("--max-tokens", min=1, help="Most tokens to generate per answer.")]
+TemperatureOpt = Annotated[float, typer.Option("--temperature", min=0.0, help="0 = greedy; higher = more random.")]
+TopPOpt = Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling mass (0 < p <= 1).")]
+StopOpt = Annotated[list[str] | None, typer.Option("--stop", help="Stop sequence (repeat for several).")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed: same seed, same output.")]
+SystemOpt = Annotated[str | None, typer.Option("--system", help="System prompt for chat models.")]
+
+
+def make_params(max_tokens: int, temperature: float, top_p: float, stop: list[str] | None, seed: int | None):
+    return GenerationParams(
+        max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=tuple(stop or ()), seed=seed
+    )
+
+
+def open_store() -> ModelStore:
+    return ModelStore()
+
+
+def print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def status(message: str) -> None:
+    """Progress lines go to stderr so ``--json`` output on stdout stays clean."""
+    err_console.print(f"[dim]{message}[/dim]")
+
+
+def human_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+def human_count(n: int | None) -> str:
+    if not n:
+        return "-"
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"

@@ -1,0 +1,167 @@
+"""``slmops generate``, ``slmops chat`` and ``slmops demo``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from slmops.cli.common import (
+    JsonOpt,
+    MaxTokensOpt,
+    SeedOpt,
+    StopOpt,
+    SystemOpt,
+    TemperatureOpt,
+    ThreadsOpt,
+    TopPOpt,
+    console,
+    err_console,
+    make_params,
+    open_store,
+    print_json,
+    status,
+)
+from slmops.engines import open_engine
+from slmops.engines.base import GenerationRequest, Message
+from slmops.errors import SlmopsError
+from slmops.generate import DEMO_PROMPTS, generate_batches, generate_file, run_demo
+from slmops.models.catalog import DEFAULT_MODEL
+
+RefArg = Annotated[str, typer.Argument(help="Model: name, name:version, name@alias, a path, or an OpenAI URL#model.")]
+
+
+def generate(
+    ref: RefArg,
+    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="One prompt to answer.")] = None,
+    input: Annotated[Path | None, typer.Option("--input", "-i", help="Prompts file (JSONL/JSON/CSV/Parquet).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Answers file (JSONL) for --input.")] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="Send the text as is, without the chat template.")] = False,
+    system: SystemOpt = None,
+    max_tokens: MaxTokensOpt = 256,
+    temperature: TemperatureOpt = 0.0,
+    top_p: TopPOpt = 1.0,
+    stop: StopOpt = None,
+    seed: SeedOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Prompts per batch for --input.")] = 32,
+    threads: ThreadsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer one prompt (streamed) or a whole prompts file (batched).
+
+    Records in --input have a 'prompt' string or a 'messages' list; --output gets each
+    record back with 'output', 'finish_reason' and token counts.
+
+    Example: slmops generate smollm2-135m-instruct --prompt "What is the capital of France?"
+    """
+    if (prompt is None) == (input is None):
+        raise SlmopsError("Give exactly one of --prompt or --input.", "Example: --prompt \"Hello\".")
+    if input is not None and output is None:
+        raise SlmopsError("--input needs --output to write the answers to.", "Add --output answers.jsonl.")
+    params = make_params(max_tokens, temperature, top_p, stop, seed)
+    engine = open_engine(ref, open_store(), threads=threads, progress=status)
+    with engine:
+        if input is not None:
+            assert output is not None
+            summary = generate_file(
+                engine, input, output, params, batch_size=batch_size, raw=raw, system=system,
+                on_batch=lambda n: status(f"{n} answered"),
+            )
+            if as_json:
+                print_json({**summary.to_dict(), "output": str(output)})
+            else:
+                console.print(
+                    f"wrote {summary.records} answers to {output} "
+                    f"({summary.completion_tokens} tokens, {summary.tokens_per_second:.1f} tok/s)"
+                )
+            return
+        request = GenerationRequest(prompt=prompt, params=params) if raw else GenerationRequest.chat(
+            prompt or "", params, system=system
+        )
+        if as_json:
+            results, summary = generate_batches(engine, [request])
+            print_json({"model": ref, **asdict(results[0]), "tokens_per_second": round(summary.tokens_per_second, 2)})
+            return
+        for chunk in engine.stream(request):
+            console.out(chunk.text, end="", highlight=False)
+        console.out("")
+
+
+def chat(
+    ref: RefArg,
+    system: SystemOpt = None,
+    max_tokens: MaxTokensOpt = 512,
+    temperature: TemperatureOpt = 0.7,
+    top_p: TopPOpt = 0.95,
+    seed: SeedOpt = None,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Chat with a model in the terminal, with streamed answers and history.
+
+    Type /reset to clear the history, /exit (or Ctrl-D) to leave.
+
+    Example: slmops chat smollm2-135m-instruct --system "Answer briefly."
+    """
+    params = make_params(max_tokens, temperature, top_p, None, seed)
+    engine = open_engine(ref, open_store(), threads=threads, progress=status)
+    history: list[Message] = [Message("system", system)] if system else []
+    err_console.print(f"[dim]chatting with {ref}; /reset clears the history, /exit leaves[/dim]")
+    with engine:
+        while True:
+            try:
+                line = console.input("[bold green]> [/bold green]").strip()
+            except (EOFError, KeyboardInterrupt):
+                console.print()
+                return
+            if line in ("/exit", "/quit"):
+                return
+            if line == "/reset":
+                history = history[:1] if system else []
+                err_console.print("[dim]history cleared[/dim]")
+                continue
+            if not line:
+                continue
+            history.append(Message("user", line))
+            reply = []
+            try:
+                for chunk in engine.stream(GenerationRequest(messages=tuple(history), params=params)):
+                    console.out(chunk.text, end="", highlight=False)
+                    reply.append(chunk.text)
+            except KeyboardInterrupt:
+                err_console.print("\n[dim]interrupted[/dim]")
+            console.out("")
+            history.append(Message("assistant", "".join(reply)))
+
+
+def demo(
+    model: Annotated[str, typer.Option("--model", help="Model to run the demo on.")] = DEFAULT_MODEL,
+    max_tokens: MaxTokensOpt = 64,
+    threads: ThreadsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Pull the default model (once) and answer a handful of built-in prompts in one batch.
+
+    Example: slmops demo
+    """
+    engine = open_engine(model, open_store(), threads=threads, progress=status)
+    status(f"answering {len(DEMO_PROMPTS)} prompts in one batch on {model}")
+    with engine:
+        rows, summary = run_demo(engine, max_tokens=max_tokens)
+    if as_json:
+        print_json({"model": model, "rows": [asdict(r) for r in rows], "summary": summary.to_dict()})
+        return
+    table = Table(title=f"slmops demo: {model}", show_lines=True)
+    table.add_column("prompt", ratio=2)
+    table.add_column("answer", ratio=4)
+    table.add_column("tokens", justify="right")
+    table.add_column("tokens/s", justify="right")
+    for r in rows:
+        table.add_row(r.prompt, r.answer, str(r.tokens), f"{r.tokens_per_second:.1f}")
+    console.print(table)
+    console.print(
+        f"{summary.records} answers, {summary.completion_tokens} tokens in {summary.seconds:.1f} s "
+        f"({summary.tokens_per_second:.1f} tokens/s batched)"
+    )

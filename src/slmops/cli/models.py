@@ -1,0 +1,160 @@
+"""``slmops models ...``: the catalog and the local store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from slmops.cli.common import JsonOpt, console, human_count, human_size, open_store, print_json, status
+from slmops.models.artifacts import import_model
+from slmops.models.catalog import CATALOG
+from slmops.models.pull import pull
+from slmops.models.refs import validate_name
+from slmops.models.store import ModelRecord
+
+app = typer.Typer(help="List, pull, import, inspect, alias and remove models.", no_args_is_help=True)
+
+
+def _children(records: list[ModelRecord], parent: ModelRecord) -> list[ModelRecord]:
+    return [r for r in records if parent.ref in r.parents]
+
+
+@app.command("list")
+def list_models(as_json: JsonOpt = False) -> None:
+    """List built-in models (with their pull state) and every model in the store; adapters
+    are shown under their base.
+
+    Example: slmops models list --json
+    """
+    store = open_store()
+    records = store.list()
+    pulled = {r.name for r in records}
+    if as_json:
+        print_json(
+            {
+                "catalog": [{**e.to_dict(), "pulled": e.name in pulled} for e in CATALOG.values()],
+                "store": [r.to_dict() for r in records],
+            }
+        )
+        return
+    cat = Table(title="Built-in models")
+    for col in ("name", "params", "arch", "license", "template", "size", "state"):
+        cat.add_column(col, no_wrap=col == "name")
+    for e in CATALOG.values():
+        state = "pulled" if e.name in pulled else f"not pulled ({e.source.describe().split(':')[0]})"
+        cat.add_row(e.name, human_count(e.parameters), e.architecture, e.license, e.template_name,
+                    f"{e.size_on_disk_mb} MB", state)
+    console.print(cat)
+    table = Table(title=f"Store ({store.home})")
+    for col in ("ref", "format", "size", "params", "aliases", "created"):
+        table.add_column(col, no_wrap=col in ("ref", "created"))
+    children = {c.ref for r in records for c in _children(records, r)}
+    for r in records:
+        if r.ref in children:
+            continue
+        table.add_row(r.ref, r.format, human_size(r.size_bytes), human_count(r.parameters), ",".join(r.aliases),
+                      r.created_at)
+        for c in _children(records, r):
+            table.add_row(f"  └ {c.ref}", c.format, human_size(c.size_bytes), human_count(c.parameters),
+                          ",".join(c.aliases), c.created_at)
+    console.print(table if records else "[dim]The store is empty: `slmops models pull smollm2-135m-instruct`.[/dim]")
+
+
+@app.command("show")
+def show(ref: Annotated[str, typer.Argument(help="name, name:version or name@alias")], as_json: JsonOpt = False) -> None:
+    """Show one model: format, path, size, parameters, lineage, recipe, metrics, aliases.
+
+    Example: slmops models show smollm2-135m-instruct --json
+    """
+    rec = open_store().get(ref)
+    if as_json:
+        print_json(rec.to_dict())
+        return
+    table = Table(show_header=False, title=rec.ref)
+    for key, value in rec.to_dict().items():
+        if key == "size_bytes":
+            value = f"{value} ({human_size(value)})"
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+@app.command("pull")
+def pull_cmd(
+    name: Annotated[str, typer.Argument(help="A built-in model name (see `slmops models list`).")],
+    force: Annotated[bool, typer.Option("--force", help="Pull again as a new version even if present.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fetch a built-in model, verify its checksum, convert it to a Hugging Face folder and
+    register it. Safe to repeat and to interrupt.
+
+    Example: slmops models pull smollm2-135m-instruct
+    """
+    result = pull(name, open_store(), force=force, progress=status)
+    if as_json:
+        print_json({**result.record.to_dict(), "already_present": result.already_present})
+    elif result.already_present:
+        console.print(f"{result.record.ref} is already in the store at {result.record.path}")
+    else:
+        console.print(f"pulled {result.record.ref} ({human_size(result.record.size_bytes)}) to {result.record.path}")
+
+
+@app.command("import")
+def import_cmd(
+    path: Annotated[Path, typer.Argument(help="HF folder, .gguf file, PEFT adapter folder or ONNX GenAI folder.")],
+    name: Annotated[str, typer.Option("--name", help="Store name for the model.")],
+    base: Annotated[str | None, typer.Option("--base", help="Base model reference (for a PEFT adapter).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Copy a model from disk into the store as a new version of NAME.
+
+    Example: slmops models import ./my-model --name support-bot
+    """
+    rec = import_model(open_store(), path, validate_name(name), base=base)
+    if as_json:
+        print_json(rec.to_dict())
+    else:
+        console.print(f"imported {path} as {rec.ref} ({rec.format}, {human_size(rec.size_bytes)})")
+
+
+@app.command("rm")
+def rm(
+    ref: Annotated[str, typer.Argument(help="name (every version), name:version or name@alias")],
+    force: Annotated[bool, typer.Option("--force", help="Remove even if other models depend on it.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove a model version, or every version of a name, from the store.
+
+    Example: slmops models rm support-bot:1
+    """
+    gone = open_store().remove(ref, force=force)
+    if as_json:
+        print_json({"removed": [r.ref for r in gone]})
+    else:
+        console.print("removed " + ", ".join(r.ref for r in gone))
+
+
+@app.command("alias")
+def alias(
+    ref: Annotated[str, typer.Argument(help="The version to point at (name:version, or name for the latest).")],
+    alias_name: Annotated[str, typer.Argument(metavar="ALIAS", help="e.g. prod, staging")],
+    delete: Annotated[bool, typer.Option("--delete", help="Remove the alias instead of setting it.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Point NAME@ALIAS at a version (or remove the alias with --delete).
+
+    Example: slmops models alias support-bot:2 prod
+    """
+    store = open_store()
+    if delete:
+        rec = store.get(ref)
+        store.remove_alias(rec.name, alias_name)
+        rec = store.get(rec.ref)
+    else:
+        rec = store.set_alias(ref, alias_name)
+    if as_json:
+        print_json(rec.to_dict())
+    else:
+        console.print(f"{rec.name}@{alias_name} {'removed' if delete else '-> ' + rec.ref}")

@@ -1,0 +1,55 @@
+"""Inference engines behind one interface. :func:`open_engine` picks one for a reference."""
+
+from __future__ import annotations
+
+from slmops.engines.base import (
+    Engine,
+    GenerationParams,
+    GenerationRequest,
+    GenerationResult,
+    Message,
+    StreamChunk,
+)
+from slmops.errors import EngineError
+from slmops.models.pull import Progress
+from slmops.models.store import ModelStore
+
+__all__ = [
+    "Engine",
+    "GenerationParams",
+    "GenerationRequest",
+    "GenerationResult",
+    "Message",
+    "StreamChunk",
+    "open_engine",
+]
+
+
+def open_engine(
+    ref: str,
+    store: ModelStore | None = None,
+    *,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> Engine:
+    """Open an engine for a store reference, a path, or an OpenAI-compatible URL.
+
+    A URL takes the served model name after ``#``: ``http://127.0.0.1:8000/v1#my-model``.
+    A built-in model that is not pulled yet is pulled first.
+    """
+    if ref.startswith(("http://", "https://")):
+        from slmops.engines.remote import RemoteEngine
+
+        url, _, model = ref.partition("#")
+        return RemoteEngine(url, model or "default")
+    from slmops.models.resolve import resolve
+
+    resolved = resolve(ref, store or ModelStore(), progress=progress)
+    if resolved.format in ("hf", "gguf"):
+        from slmops.engines.torch_engine import TorchEngine
+
+        return TorchEngine.from_path(resolved.load_dir, gguf_file=resolved.gguf_file, threads=threads)
+    raise EngineError(
+        f"{resolved.label} is a {resolved.format} artifact, which this version of slmops cannot run yet.",
+        "Run its base model, or a Hugging Face or GGUF model.",
+    )

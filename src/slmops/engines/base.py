@@ -1,0 +1,121 @@
+"""The one interface every inference backend implements.
+
+An engine takes :class:`GenerationRequest` objects (a raw prompt or chat messages plus
+:class:`GenerationParams`) and returns :class:`GenerationResult` objects, or streams text
+chunks. Chat messages are rendered with the model's own chat template inside the engine;
+callers never format prompts themselves.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from slmops.errors import EngineError
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling parameters honoured identically by every engine.
+
+    ``temperature == 0`` means greedy decoding. ``seed`` makes sampling reproducible:
+    the same request with the same seed gives the same text, alone or in a batch.
+    """
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.max_tokens < 1:
+            problems.append(f"max_tokens must be >= 1 (got {self.max_tokens})")
+        if self.temperature < 0:
+            problems.append(f"temperature must be >= 0 (got {self.temperature})")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p must be in (0, 1] (got {self.top_p})")
+        if any(not s for s in self.stop):
+            problems.append("stop sequences must be non-empty strings")
+        if problems:
+            raise EngineError("Invalid generation parameters: " + "; ".join(problems) + ".")
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Exactly one of ``prompt`` (raw text, no template) or ``messages`` (chat)."""
+
+    prompt: str | None = None
+    messages: tuple[Message, ...] | None = None
+    params: GenerationParams = field(default_factory=GenerationParams)
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise EngineError("A generation request needs exactly one of 'prompt' or 'messages'.")
+
+    @classmethod
+    def chat(cls, text: str, params: GenerationParams | None = None, system: str | None = None) -> GenerationRequest:
+        msgs = ([Message("system", system)] if system else []) + [Message("user", text)]
+        return cls(messages=tuple(msgs), params=params or GenerationParams())
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: FinishReason
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class StreamChunk:
+    """A piece of generated text; the last chunk of a stream carries ``finish_reason``
+    and the token counts."""
+
+    text: str
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Engine(abc.ABC):
+    """Backend-neutral inference: batched generation, streaming, token counting."""
+
+    name: str = "engine"
+
+    @abc.abstractmethod
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """Generate for a batch; results are in request order."""
+
+    @abc.abstractmethod
+    def stream(self, request: GenerationRequest) -> Iterator[StreamChunk]:
+        """Yield text chunks as they are produced; never splits a UTF-8 character."""
+
+    @abc.abstractmethod
+    def count_tokens(self, request: GenerationRequest) -> int:
+        """Prompt tokens the request would use (after the chat template)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (threads, HTTP connections, memory)."""
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,38 @@
+"""One error family for every user mistake.
+
+Library code raises :class:`SlmopsError` (or a subclass) with a message that names the
+problem and a hint that names the fix. The CLI maps it to one clean line on stderr and
+exit code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class SlmopsError(Exception):
+    """A problem the user can fix: bad input, unknown model, missing file, full disk."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} {self.hint}" if self.hint else self.message
+
+
+class ModelNotFoundError(SlmopsError):
+    """A model reference that matches nothing in the catalog or the store."""
+
+
+class InvalidModelError(SlmopsError):
+    """A model file or folder that is corrupt, truncated or incomplete."""
+
+
+class DataError(SlmopsError):
+    """A malformed input record (file and line are in the message)."""
+
+
+class EngineError(SlmopsError):
+    """An engine could not serve a request (remote endpoint down, bad parameters)."""

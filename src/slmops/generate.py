@@ -1,0 +1,110 @@
+"""Batched generation over a prompts file, and the built-in demo."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from slmops.data.prompts import read_prompt_file
+from slmops.data.records import write_jsonl_atomic
+from slmops.engines.base import Engine, GenerationParams, GenerationRequest, GenerationResult
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    records: int
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "tokens_per_second": round(self.tokens_per_second, 2)}
+
+
+def generate_batches(
+    engine: Engine,
+    requests: list[GenerationRequest],
+    *,
+    batch_size: int = 32,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[list[GenerationResult], BatchSummary]:
+    results: list[GenerationResult] = []
+    t0 = time.perf_counter()
+    for start in range(0, len(requests), batch_size):
+        results.extend(engine.generate(requests[start : start + batch_size]))
+        if on_batch:
+            on_batch(len(results))
+    elapsed = time.perf_counter() - t0
+    summary = BatchSummary(
+        records=len(results),
+        prompt_tokens=sum(r.prompt_tokens for r in results),
+        completion_tokens=sum(r.completion_tokens for r in results),
+        seconds=elapsed,
+    )
+    return results, summary
+
+
+def generate_file(
+    engine: Engine,
+    input_path: Path,
+    output_path: Path,
+    params: GenerationParams,
+    *,
+    batch_size: int = 32,
+    raw: bool = False,
+    system: str | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> BatchSummary:
+    """Answer every record of ``input_path``; write each record plus its answer to
+    ``output_path`` (JSONL, written atomically once all answers are in)."""
+    pairs = read_prompt_file(input_path, params, raw=raw, system=system)
+    results, summary = generate_batches(engine, [req for _, req in pairs], batch_size=batch_size, on_batch=on_batch)
+    write_jsonl_atomic(
+        output_path,
+        (
+            {
+                **rec,
+                "output": res.text,
+                "finish_reason": res.finish_reason,
+                "prompt_tokens": res.prompt_tokens,
+                "completion_tokens": res.completion_tokens,
+            }
+            for (rec, _), res in zip(pairs, results, strict=True)
+        ),
+    )
+    return summary
+
+
+DEMO_PROMPTS = (
+    "What is the capital of France?",
+    "Give me three tips for staying focused while studying.",
+    "Translate 'good morning' into Spanish.",
+    "What is 12 plus 30?",
+    "Write one sentence describing the ocean.",
+)
+
+
+@dataclass(frozen=True)
+class DemoRow:
+    prompt: str
+    answer: str
+    tokens: int
+    tokens_per_second: float
+
+
+def run_demo(engine: Engine, prompts: tuple[str, ...] = DEMO_PROMPTS, max_tokens: int = 64) -> tuple[list[DemoRow], BatchSummary]:
+    """Answer the built-in prompts in one batch through the engine."""
+    params = GenerationParams(max_tokens=max_tokens, seed=0)
+    results, summary = generate_batches(engine, [GenerationRequest.chat(p, params) for p in prompts])
+    rows = [
+        DemoRow(p, r.text.strip(), r.completion_tokens, r.completion_tokens / summary.seconds if summary.seconds else 0)
+        for p, r in zip(prompts, results, strict=True)
+    ]
+    return rows, summary

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.tiny import build_model
+
+REAL_HOME = Path(os.environ.get("SLMOPS_TEST_REAL_HOME", Path(__file__).resolve().parent.parent / ".test-store"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_model(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture()
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty store home for one test (also seen by CLI commands and subprocesses)."""
+    h = tmp_path / "slmops-home"
+    monkeypatch.setenv("SLMOPS_HOME", str(h))
+    return h
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model_dir: Path):
+    from slmops.engines.torch_engine import TorchEngine
+
+    engine = TorchEngine.from_path(tiny_model_dir, threads=1)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="session")
+def real_store():
+    """A store shared by the `real` tests, pulled once (kept between runs in .test-store/)."""
+    from slmops.models.pull import pull
+    from slmops.models.store import ModelStore
+
+    store = ModelStore(REAL_HOME)
+    pull("smollm2-135m-instruct", store)
+    return store
