@@ -41,3 +41,24 @@ def real_store():
     store = ModelStore(REAL_HOME)
     pull("smollm2-135m-instruct", store)
     return store
+
+
+@pytest.fixture()
+def store(home: Path):
+    """A fresh, empty ModelStore in the test's SLMOPS_HOME."""
+    from slmops.models.store import ModelStore
+
+    return ModelStore(home)
+
+
+@pytest.fixture(scope="session")
+def slmops_bin() -> Path:
+    """The installed `slmops` console script (the real entry point, with its exit-code mapping)."""
+    import shutil
+    import sys
+
+    candidate = Path(sys.executable).parent / "slmops"
+    found = candidate if candidate.exists() else shutil.which("slmops")
+    if not found:
+        pytest.skip("the slmops console script is not installed (pip install -e .)")
+    return Path(found)

@@ -104,7 +104,6 @@ def run_demo(engine: Engine, prompts: tuple[str, ...] = DEMO_PROMPTS, max_tokens
     params = GenerationParams(max_tokens=max_tokens, seed=0)
     results, summary = generate_batches(engine, [GenerationRequest.chat(p, params) for p in prompts])
     rows = [
-        DemoRow(p, r.text.strip(), r.completion_tokens, r.completion_tokens / summary.seconds if summary.seconds else 0)
-        for p, r in zip(prompts, results, strict=True)
+        DemoRow(p, r.text.strip(), r.completion_tokens, r.tokens_per_second) for p, r in zip(prompts, results, strict=True)
     ]
     return rows, summary

@@ -49,25 +49,14 @@ def _root(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: usage errors are typer's (exit 2); library errors become
+    one line on stderr with exit code 2."""
     try:
-        app(standalone_mode=False)
+        app()
     except SlmopsError as exc:
         if os.environ.get("SLMOPS_DEBUG"):
             traceback.print_exc()
         err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as exc:  # click usage errors come through here with standalone_mode=False
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(2)
-        raise

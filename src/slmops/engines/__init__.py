@@ -44,7 +44,10 @@ def open_engine(
         return RemoteEngine(url, model or "default")
     from slmops.models.resolve import resolve
 
-    resolved = resolve(ref, store or ModelStore(), progress=progress)
+    store = store or ModelStore()
+    resolved = resolve(ref, store, progress=progress)
+    if resolved.format == "peft-adapter":
+        return _open_adapter(resolved, store, threads=threads, progress=progress)
     if resolved.format in ("hf", "gguf"):
         from slmops.engines.torch_engine import TorchEngine
 
@@ -53,3 +56,22 @@ def open_engine(
         f"{resolved.label} is a {resolved.format} artifact, which this version of slmops cannot run yet.",
         "Run its base model, or a Hugging Face or GGUF model.",
     )
+
+
+def _open_adapter(resolved, store: ModelStore, *, threads: int | None, progress: Progress | None) -> Engine:
+    """A PEFT adapter from the store runs on its base (the record's first parent)."""
+    from slmops.engines.torch_engine import TorchEngine
+    from slmops.models.loader import load_with_adapter
+    from slmops.models.resolve import resolve
+
+    base_ref = resolved.record.base if resolved.record is not None else None
+    if base_ref is None:
+        raise EngineError(
+            f"{resolved.label} is a PEFT adapter without a known base model.",
+            "Import it into the store with its base: `slmops models import PATH --name NAME --base BASE`.",
+        )
+    base = resolve(base_ref, store, progress=progress)
+    if base.format not in ("hf", "gguf"):
+        raise EngineError(f"The base of {resolved.label} ({base.label}) is a {base.format} artifact, not a model.")
+    model, tokenizer = load_with_adapter(resolved.path, base.load_dir, gguf_file=base.gguf_file)
+    return TorchEngine(model, tokenizer, threads=threads)

@@ -76,7 +76,7 @@ class GenerationResult:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: FinishReason
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time from the start of its batch (or HTTP request) to its last token
 
     @property
     def tokens_per_second(self) -> float:

@@ -40,6 +40,7 @@ class _Row:
     finish: FinishReason | None = None
     pieces: list[str] = field(default_factory=list)
     completion_tokens: int = 0  # counts the end-of-turn token too, as OpenAI servers do
+    finished_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,6 @@ class TorchEngine(Engine):
             rows: dict[int, _Row] = {}
             for ev in self._decode(chunk):
                 rows[ev.index] = ev.row
-            elapsed = time.perf_counter() - t0
             for i in range(len(chunk)):
                 row = rows[i]
                 results.append(
@@ -110,7 +110,7 @@ class TorchEngine(Engine):
                         prompt_tokens=row.prompt_len,
                         completion_tokens=row.completion_tokens,
                         finish_reason=row.finish or "length",
-                        seconds=elapsed,
+                        seconds=row.finished_at - t0,
                     )
                 )
         return results
@@ -165,6 +165,8 @@ class TorchEngine(Engine):
                 yield _Event(i, text, row)
                 if row.finish is None:
                     keep.append(slot)
+                else:
+                    row.finished_at = time.perf_counter()
             if not keep:
                 return
             if len(keep) < len(active):

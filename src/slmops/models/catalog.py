@@ -20,14 +20,13 @@ CHATML_TEMPLATE = (
 
 GEMMA_TEMPLATE = (
     "{{ bos_token }}"
-    "{% set system = '' %}"
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{% set system = message['content'] + '\n\n' %}"
-    "{% else %}"
+    "{% if messages[0]['role'] == 'system' %}"
+    "{% set first_user_prefix = messages[0]['content'] + '\n\n' %}{% set loop_messages = messages[1:] %}"
+    "{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{% for message in loop_messages %}"
     "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
-    "{{ '<start_of_turn>' + role + '\n' + (system if loop.index0 <= 1 and role == 'user' else '')"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '')"
     " + message['content'] | trim + '<end_of_turn>\n' }}"
-    "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )

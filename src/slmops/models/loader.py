@@ -1,4 +1,5 @@
-"""Load a causal LM and its tokenizer from an artifact on disk (HF folder or GGUF)."""
+"""Load a causal LM and its tokenizer from an artifact on disk (HF folder, GGUF, or a PEFT
+adapter on top of either)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,29 @@ from slmops.errors import InvalidModelError
 from slmops.models.artifacts import TOKENIZER_FILES
 
 
-def load_causal_lm(path: Path, *, gguf_file: str | None = None, dtype: str = "float32") -> tuple[Any, Any]:
-    """Return ``(model, tokenizer)``. For GGUF, ``path`` is the folder and ``gguf_file`` the name."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_causal_lm(
+    path: Path, *, gguf_file: str | None = None, dtype: str = "float32", quantization_config: Any = None
+) -> tuple[Any, Any]:
+    """Return ``(model, tokenizer)``. For GGUF, ``path`` is the folder and ``gguf_file`` the name;
+    ``quantization_config`` (e.g. bitsandbytes nf4) loads the weights quantized."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+    quant = {"quantization_config": quantization_config} if quantization_config is not None else {}
+    tokenizer = load_tokenizer(path, gguf_file=gguf_file)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kwargs, **quant)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise InvalidModelError(
+            f"Could not load the model at {path} ({type(exc).__name__}: {exc}).",
+            "The files may be corrupt or incomplete; re-import or re-pull the model.",
+        ) from exc
+    return model, tokenizer
+
+
+def load_tokenizer(path: Path, *, gguf_file: str | None = None) -> Any:
+    """The tokenizer alone (fast: data can be validated before the weights are loaded)."""
+    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -21,12 +42,31 @@ def load_causal_lm(path: Path, *, gguf_file: str | None = None, dtype: str = "fl
     kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise InvalidModelError(
-            f"Could not load the model at {path} ({type(exc).__name__}: {exc}).",
+            f"Could not load the tokenizer at {path} ({type(exc).__name__}: {exc}).",
             "The files may be corrupt or incomplete; re-import or re-pull the model.",
         ) from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return tokenizer
+
+
+def load_with_adapter(
+    adapter_dir: Path, base_dir: Path, *, gguf_file: str | None = None, merge: bool = True
+) -> tuple[Any, Any]:
+    """The base model with a PEFT adapter applied (merged into the weights for fast inference
+    unless ``merge`` is False); the adapter's own tokenizer wins when it ships one."""
+    from peft import PeftModel
+
+    model, tokenizer = load_causal_lm(base_dir, gguf_file=gguf_file)
+    if any((adapter_dir / f).exists() for f in TOKENIZER_FILES):
+        tokenizer = load_tokenizer(adapter_dir)
+    try:
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise InvalidModelError(
+            f"Could not apply the adapter at {adapter_dir} to its base at {base_dir} ({type(exc).__name__}: {exc}).",
+            "The adapter may be corrupt, or trained on a different base; re-train or re-import it.",
+        ) from exc
+    return (model.merge_and_unload() if merge else model), tokenizer
