@@ -31,12 +31,18 @@ def test_jsonl_records_with_their_line_numbers(tmp_path: Path):
 
 def test_json_list_records(tmp_path: Path):
     path = write(tmp_path / "p.json", json.dumps([{"prompt": "a"}, {"prompt": "b", "x": [1, 2]}]))
-    assert read_located(path) == [(f"{path}, record 1", {"prompt": "a"}), (f"{path}, record 2", {"prompt": "b", "x": [1, 2]})]
+    assert read_located(path) == [
+        (f"{path}, record 1", {"prompt": "a"}),
+        (f"{path}, record 2", {"prompt": "b", "x": [1, 2]}),
+    ]
 
 
 def test_csv_records(tmp_path: Path):
     path = write(tmp_path / "p.csv", 'prompt,label\n"Hello, world",greeting\nBye,farewell\n')
-    assert read_records(path) == [{"prompt": "Hello, world", "label": "greeting"}, {"prompt": "Bye", "label": "farewell"}]
+    assert read_records(path) == [
+        {"prompt": "Hello, world", "label": "greeting"},
+        {"prompt": "Bye", "label": "farewell"},
+    ]
     assert read_located(path)[1][0] == f"{path}, record 2"
 
 
@@ -82,7 +88,9 @@ def test_a_file_that_is_not_utf8_is_a_data_error(tmp_path: Path, name: str, cont
     assert str(path) in str(info.value)
 
 
-@pytest.mark.parametrize(("name", "content"), [("e.jsonl", ""), ("e.jsonl", "\n  \n"), ("e.json", "[]"), ("e.csv", "prompt\n")])
+@pytest.mark.parametrize(
+    ("name", "content"), [("e.jsonl", ""), ("e.jsonl", "\n  \n"), ("e.json", "[]"), ("e.csv", "prompt\n")]
+)
 def test_empty_files_are_rejected(tmp_path: Path, name: str, content: str):
     path = write(tmp_path / name, content)
     with pytest.raises(DataError, match="holds no records") as info:

@@ -39,7 +39,9 @@ def test_pull_is_idempotent_and_records_lineage(real_store):
 
 
 def test_capital_of_france(real_engine):
-    [res] = real_engine.generate([GenerationRequest.chat("What is the capital of France?", GenerationParams(max_tokens=32))])
+    [res] = real_engine.generate(
+        [GenerationRequest.chat("What is the capital of France?", GenerationParams(max_tokens=32))]
+    )
     assert "Paris" in res.text
     assert res.finish_reason == "stop", "the chat template's end-of-turn token must end the answer"
 
@@ -56,7 +58,10 @@ def test_cli_generate_json_and_models_list(real_store):
     env = {**os.environ, "SLMOPS_HOME": str(real_store.home)}
     out = subprocess.run(
         [SLMOPS, "generate", "smollm2-135m-instruct", "--prompt", "What is the capital of France?", "--json"],
-        capture_output=True, text=True, env=env, timeout=600,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr
     assert "Paris" in json.loads(out.stdout)["text"]

@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from slmops.data.prompts import read_prompt_file
 from slmops.data.records import write_jsonl_atomic
 from slmops.engines.base import Engine, GenerationParams, GenerationRequest, GenerationResult
 
@@ -53,18 +52,14 @@ def generate_batches(
 
 def generate_file(
     engine: Engine,
-    input_path: Path,
+    pairs: list[tuple[dict[str, Any], GenerationRequest]],
     output_path: Path,
-    params: GenerationParams,
     *,
     batch_size: int = 32,
-    raw: bool = False,
-    system: str | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> BatchSummary:
-    """Answer every record of ``input_path``; write each record plus its answer to
-    ``output_path`` (JSONL, written atomically once all answers are in)."""
-    pairs = read_prompt_file(input_path, params, raw=raw, system=system)
+    """Answer every (record, request) pair from :func:`read_prompt_file`; write each record
+    plus its answer to ``output_path`` (JSONL, written atomically once all answers are in)."""
     results, summary = generate_batches(engine, [req for _, req in pairs], batch_size=batch_size, on_batch=on_batch)
     write_jsonl_atomic(
         output_path,
@@ -99,11 +94,14 @@ class DemoRow:
     tokens_per_second: float
 
 
-def run_demo(engine: Engine, prompts: tuple[str, ...] = DEMO_PROMPTS, max_tokens: int = 64) -> tuple[list[DemoRow], BatchSummary]:
+def run_demo(
+    engine: Engine, prompts: tuple[str, ...] = DEMO_PROMPTS, max_tokens: int = 64
+) -> tuple[list[DemoRow], BatchSummary]:
     """Answer the built-in prompts in one batch through the engine."""
     params = GenerationParams(max_tokens=max_tokens, seed=0)
     results, summary = generate_batches(engine, [GenerationRequest.chat(p, params) for p in prompts])
     rows = [
-        DemoRow(p, r.text.strip(), r.completion_tokens, r.tokens_per_second) for p, r in zip(prompts, results, strict=True)
+        DemoRow(p, r.text.strip(), r.completion_tokens, r.tokens_per_second)
+        for p, r in zip(prompts, results, strict=True)
     ]
     return rows, summary

@@ -7,7 +7,6 @@ the reference can never drift from ``--help``.
 from __future__ import annotations
 
 import inspect
-
 from typing import Any
 
 import typer
@@ -45,7 +44,12 @@ def _walk(cmd: Any, path: list[str], out: list[str]) -> None:
 
 def render(app: typer.Typer) -> str:
     root = typer.main.get_command(app)
-    out = ["# slmops command reference", "", "Generated from the commands by `python -m slmops.cli.docs`; do not edit.", ""]
+    out = [
+        "# slmops command reference",
+        "",
+        "Generated from the commands by `python -m slmops.cli.docs`; do not edit.",
+        "",
+    ]
     _walk(root, ["slmops"], out)
     return "\n".join(out).rstrip() + "\n"
 

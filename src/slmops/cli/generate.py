@@ -25,6 +25,7 @@ from slmops.cli.common import (
     print_json,
     status,
 )
+from slmops.data.prompts import read_prompt_file
 from slmops.engines import open_engine
 from slmops.engines.base import GenerationRequest, Message
 from slmops.errors import SlmopsError
@@ -58,17 +59,18 @@ def generate(
     Example: slmops generate smollm2-135m-instruct --prompt "What is the capital of France?"
     """
     if (prompt is None) == (input is None):
-        raise SlmopsError("Give exactly one of --prompt or --input.", "Example: --prompt \"Hello\".")
+        raise SlmopsError("Give exactly one of --prompt or --input.", 'Example: --prompt "Hello".')
     if input is not None and output is None:
         raise SlmopsError("--input needs --output to write the answers to.", "Add --output answers.jsonl.")
     params = make_params(max_tokens, temperature, top_p, stop, seed)
+    # validate the whole prompts file before loading (or pulling) a model
+    pairs = read_prompt_file(input, params, raw=raw, system=system) if input is not None else []
     engine = open_engine(ref, open_store(), threads=threads, progress=status)
     with engine:
         if input is not None:
             assert output is not None
             summary = generate_file(
-                engine, input, output, params, batch_size=batch_size, raw=raw, system=system,
-                on_batch=lambda n: status(f"{n} answered"),
+                engine, pairs, output, batch_size=batch_size, on_batch=lambda n: status(f"{n} answered/{len(pairs)}")
             )
             if as_json:
                 print_json({**summary.to_dict(), "output": str(output)})
@@ -78,8 +80,10 @@ def generate(
                     f"({summary.completion_tokens} tokens, {summary.tokens_per_second:.1f} tok/s)"
                 )
             return
-        request = GenerationRequest(prompt=prompt, params=params) if raw else GenerationRequest.chat(
-            prompt or "", params, system=system
+        request = (
+            GenerationRequest(prompt=prompt, params=params)
+            if raw
+            else GenerationRequest.chat(prompt or "", params, system=system)
         )
         if as_json:
             results, summary = generate_batches(engine, [request])

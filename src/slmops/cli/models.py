@@ -45,8 +45,15 @@ def list_models(as_json: JsonOpt = False) -> None:
         cat.add_column(col, no_wrap=col == "name")
     for e in CATALOG.values():
         state = "pulled" if e.name in pulled else f"not pulled ({e.source.describe().split(':')[0]})"
-        cat.add_row(e.name, human_count(e.parameters), e.architecture, e.license, e.template_name,
-                    f"{e.size_on_disk_mb} MB", state)
+        cat.add_row(
+            e.name,
+            human_count(e.parameters),
+            e.architecture,
+            e.license,
+            e.template_name,
+            f"{e.size_on_disk_mb} MB",
+            state,
+        )
     console.print(cat)
     table = Table(title=f"Store ({store.home})")
     for col in ("ref", "format", "size", "params", "aliases", "created"):
@@ -55,16 +62,25 @@ def list_models(as_json: JsonOpt = False) -> None:
     for r in records:
         if r.ref in children:
             continue
-        table.add_row(r.ref, r.format, human_size(r.size_bytes), human_count(r.parameters), ",".join(r.aliases),
-                      r.created_at)
+        table.add_row(
+            r.ref, r.format, human_size(r.size_bytes), human_count(r.parameters), ",".join(r.aliases), r.created_at
+        )
         for c in _children(records, r):
-            table.add_row(f"  └ {c.ref}", c.format, human_size(c.size_bytes), human_count(c.parameters),
-                          ",".join(c.aliases), c.created_at)
+            table.add_row(
+                f"  └ {c.ref}",
+                c.format,
+                human_size(c.size_bytes),
+                human_count(c.parameters),
+                ",".join(c.aliases),
+                c.created_at,
+            )
     console.print(table if records else "[dim]The store is empty: `slmops models pull smollm2-135m-instruct`.[/dim]")
 
 
 @app.command("show")
-def show(ref: Annotated[str, typer.Argument(help="name, name:version or name@alias")], as_json: JsonOpt = False) -> None:
+def show(
+    ref: Annotated[str, typer.Argument(help="name, name:version or name@alias")], as_json: JsonOpt = False
+) -> None:
     """Show one model: format, path, size, parameters, lineage, recipe, metrics, aliases.
 
     Example: slmops models show smollm2-135m-instruct --json

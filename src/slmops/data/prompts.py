@@ -25,13 +25,13 @@ def record_to_request(
     if "messages" in rec:
         msgs = rec["messages"]
         if not isinstance(msgs, list) or not msgs:
-            raise DataError(f"{where}: 'messages' must be a non-empty list.", "Use [{\"role\": \"user\", ...}].")
+            raise DataError(f"{where}: 'messages' must be a non-empty list.", 'Use [{"role": "user", ...}].')
         out = []
         for j, m in enumerate(msgs):
             if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
                 raise DataError(
                     f"{where}: messages[{j}] must be an object with a role ({'/'.join(ROLES)}) and string content.",
-                    "Example: {\"role\": \"user\", \"content\": \"Hi\"}.",
+                    'Example: {"role": "user", "content": "Hi"}.',
                 )
             out.append(Message(m["role"], m["content"]))
         if system and out[0].role != "system":
@@ -48,6 +48,8 @@ def record_to_request(
     return GenerationRequest.chat(text, params, system=system)
 
 
-def read_prompt_file(path: Path, params: GenerationParams, **kwargs: Any) -> list[tuple[dict[str, Any], GenerationRequest]]:
+def read_prompt_file(
+    path: Path, params: GenerationParams, **kwargs: Any
+) -> list[tuple[dict[str, Any], GenerationRequest]]:
     """Every record of a prompts file with its request; all rows are validated before any work."""
     return [(rec, record_to_request(rec, params, where=where, **kwargs)) for where, rec in read_located(path)]

@@ -25,12 +25,22 @@ def read_located(path: Path) -> list[tuple[str, dict[str, Any]]]:
     if not path.exists():
         raise DataError(f"Data file {path} does not exist.", "Check the path.")
     suffix = path.suffix.lower()
+    try:
+        return _read_located(path, suffix)
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason}).",
+            "Save the file as UTF-8 (e.g. in PowerShell use `Out-File -Encoding utf8`, not `>`).",
+        ) from exc
+
+
+def _read_located(path: Path, suffix: str) -> list[tuple[str, dict[str, Any]]]:
     if suffix == ".jsonl":
         located = [(f"{path}, line {n}", rec) for n, rec in _read_jsonl(path)]
     elif suffix == ".json":
         records = _read_json(path)
     elif suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as fh:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
             records = [dict(r) for r in csv.DictReader(fh)]
     elif suffix == ".parquet":
         records = _read_parquet(path)
@@ -44,7 +54,7 @@ def read_located(path: Path) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8-sig") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -53,23 +63,23 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             except json.JSONDecodeError as exc:
                 raise DataError(
                     f"{path}, line {lineno}: not valid JSON ({exc.msg} at column {exc.colno}).",
-                    "Each line must be one JSON object, e.g. {\"prompt\": \"...\"}.",
+                    'Each line must be one JSON object, e.g. {"prompt": "..."}.',
                 ) from exc
             if not isinstance(obj, dict):
                 raise DataError(
                     f"{path}, line {lineno}: expected a JSON object, got {type(obj).__name__}.",
-                    "Each line must be one JSON object, e.g. {\"prompt\": \"...\"}.",
+                    'Each line must be one JSON object, e.g. {"prompt": "..."}.',
                 )
             yield lineno, obj
 
 
 def _read_json(path: Path) -> list[dict[str, Any]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}).", "Fix the JSON syntax.") from exc
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        raise DataError(f"{path}: expected a JSON list of objects.", "Use [{\"prompt\": ...}, ...] or JSONL.")
+        raise DataError(f"{path}: expected a JSON list of objects.", 'Use [{"prompt": ...}, ...] or JSONL.')
     return data
 
 

@@ -137,8 +137,15 @@ class TorchEngine(Engine):
             )
         gen = torch.Generator().manual_seed(params.seed if params.seed is not None else torch.seed())
         decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
-        return _Row(index, len(prompt), params, min(params.max_tokens, room), IncrementalDecoder(decode),
-                    StopMatcher(params.stop), gen)
+        return _Row(
+            index,
+            len(prompt),
+            params,
+            min(params.max_tokens, room),
+            IncrementalDecoder(decode),
+            StopMatcher(params.stop),
+            gen,
+        )
 
     @torch.inference_mode()
     def _decode(self, requests: Sequence[GenerationRequest]) -> Iterator[_Event]:

@@ -26,7 +26,8 @@ def detect_format(path: Path) -> Format:
         if path.suffix == ".gguf":
             return "gguf"
         raise SlmopsError(
-            f"{path} is a file but not a .gguf model.", "Import a GGUF file, or a folder (HF, PEFT adapter, ONNX GenAI)."
+            f"{path} is a file but not a .gguf model.",
+            "Import a GGUF file, or a folder (HF, PEFT adapter, ONNX GenAI).",
         )
     if (path / "adapter_config.json").exists():
         return "peft-adapter"
@@ -59,8 +60,8 @@ def safetensors_parameters(files: list[Path]) -> int:
     total = 0
     for f in files:
         try:
-            with safe_open(str(f), framework="pt") as st:
-                total += sum(prod(st.get_slice(k).get_shape()) for k in st.keys())
+            with safe_open(str(f), framework="numpy") as st:
+                total += sum(prod(st.get_slice(k).get_shape()) for k in st.keys())  # noqa: SIM118
         except Exception as exc:  # safetensors raises several error types for a bad header
             raise InvalidModelError(
                 f"{f} is not a readable safetensors file ({exc}).", "The file is corrupt or truncated; re-export it."
@@ -132,20 +133,52 @@ def gguf_file(path: Path) -> Path:
     return files[0]
 
 
+class DiskFullError(SlmopsError):
+    """The disk filled up mid-write; nothing was registered."""
+
+
+def _disk_full(what: str, where: Path, exc: OSError) -> DiskFullError:
+    free = shutil.disk_usage(where).free // 2**20
+    err = DiskFullError(
+        f"No space left on the device while {what} ({free} MB free under {where}).",
+        "Free some space (or point SLMOPS_HOME at a larger disk) and run the command again; nothing was registered.",
+    )
+    err.__cause__ = exc
+    return err
+
+
+def _is_disk_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
 @contextmanager
 def disk_errors(what: str, where: Path) -> Iterator[None]:
     """Turn a full disk into a clear error; the caller's staging folder is cleaned up."""
     try:
         yield
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            free = shutil.disk_usage(where).free // 2**20
-            raise SlmopsError(
-                f"No space left on the device while {what} ({free} MB free under {where}).",
-                "Free some space (or point SLMOPS_HOME at a larger disk) and run the command again; "
-                "nothing was registered.",
-            ) from exc
+        if _is_disk_full(exc):
+            raise _disk_full(what, where, exc) from exc
         raise
+
+
+def copy_artifact(src: Path, dst: Path, *, what: str, where: Path) -> None:
+    """Copy a file or a folder (into ``dst``), stopping at the first full-disk error with a
+    clear message (``shutil.copytree`` alone would try every remaining file and then raise an
+    errno-less ``shutil.Error``)."""
+
+    def copy_one(a: str, b: str) -> object:
+        try:
+            return shutil.copy2(a, b)
+        except OSError as exc:
+            if _is_disk_full(exc):
+                raise _disk_full(what, where, exc) from exc
+            raise
+
+    if src.is_file():
+        copy_one(str(src), str(dst / src.name))
+    else:
+        shutil.copytree(src, dst, dirs_exist_ok=True, copy_function=copy_one)
 
 
 def require_free_space(where: Path, needed_bytes: int, what: str) -> None:
@@ -187,10 +220,7 @@ def import_model(
         parents = [store.get(base).ref]
     require_free_space(store.home, folder_size(path) + 2**20, f"importing {path}")
     with store.staging("import") as stage, disk_errors(f"importing {path}", store.home):
-        if path.is_file():
-            shutil.copy2(path, stage / path.name)
-        else:
-            shutil.copytree(path, stage, dirs_exist_ok=True)
+        copy_artifact(path, stage, what=f"importing {path}", where=store.home)
         full_recipe = {"kind": "import", "source_path": str(path), **(recipe or {})}
         write_provenance(stage, {"name": name, "format": fmt, "parents": parents, "recipe": full_recipe})
         return store.add(stage, name, fmt, parents=parents, recipe=full_recipe, parameters=params or None)

@@ -14,7 +14,6 @@ import hashlib
 import importlib
 import importlib.metadata as md
 import json
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from slmops.errors import InvalidModelError, ModelNotFoundError, SlmopsError
 from slmops.models.artifacts import (
+    copy_artifact,
     disk_errors,
     gguf_parameters,
     inspect_hf_folder,
@@ -73,7 +73,7 @@ def pull(name: str, store: ModelStore, *, force: bool = False, progress: Progres
                 recipe = {"kind": "pull", "source": entry.source.describe(), "gguf_sha256": checksum}
             else:
                 hub_dir = fetch_hub(entry.source, say)
-                copy_hf_folder(hub_dir, stage / "model", chat_template=entry.chat_template)
+                copy_hf_folder(hub_dir, stage / "model", chat_template=entry.chat_template, where=store.home)
                 recipe = {"kind": "pull", "source": entry.source.describe()}
             params = inspect_hf_folder(stage / "model")
             write_provenance(stage / "model", {"name": name, "format": "hf", "recipe": recipe})
@@ -210,9 +210,9 @@ def fetch_hub(source: HubSource, say: Progress) -> Path:
         ) from exc
 
 
-def copy_hf_folder(src: Path, out_dir: Path, *, chat_template: str | None = None) -> None:
+def copy_hf_folder(src: Path, out_dir: Path, *, chat_template: str | None, where: Path) -> None:
     inspect_hf_folder(src)
-    shutil.copytree(src, out_dir, symlinks=False)
+    copy_artifact(src, out_dir, what=f"copying {src}", where=where)
     if chat_template:
         cfg_path = out_dir / "tokenizer_config.json"
         cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}

@@ -50,13 +50,15 @@ class ModelRef:
         return str(self.name)
 
 
-def parse_ref(ref: str) -> ModelRef:
+def parse_ref(ref: str, *, allow_path: bool = True) -> ModelRef:
     """Parse a reference string. Anything that looks like a path (has a slash, starts with '.'
-    or '~', or exists on disk) is a path."""
+    or '~', or, with ``allow_path``, exists on disk) is a path. Store look-ups pass
+    ``allow_path=False`` so that a folder named like a model in the working directory does not
+    shadow it."""
     ref = ref.strip()
     if not ref:
         raise SlmopsError("Empty model reference.", "Give a model name such as 'smollm2-135m-instruct' or a path.")
-    if "/" in ref or ref.startswith((".", "~")) or Path(ref).exists():
+    if "/" in ref or ref.startswith((".", "~")) or (allow_path and Path(ref).exists()):
         return ModelRef(path=Path(ref).expanduser())
     if "@" in ref:
         name, alias = ref.split("@", 1)

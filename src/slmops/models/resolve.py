@@ -33,7 +33,9 @@ class ResolvedModel:
         return gguf_file(self.path).parent if self.format == "gguf" else self.path
 
 
-def resolve(ref: str, store: ModelStore, *, pull_missing: bool = True, progress: Progress | None = None) -> ResolvedModel:
+def resolve(
+    ref: str, store: ModelStore, *, pull_missing: bool = True, progress: Progress | None = None
+) -> ResolvedModel:
     parsed = parse_ref(ref)
     if parsed.path is not None:
         if not parsed.path.exists():

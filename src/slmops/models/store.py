@@ -47,6 +47,10 @@ CREATE TABLE IF NOT EXISTS models (
     created_at TEXT NOT NULL,
     PRIMARY KEY (name, version)
 );
+CREATE TABLE IF NOT EXISTS version_counters (
+    name TEXT PRIMARY KEY,
+    last_version INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS aliases (
     name TEXT NOT NULL,
     alias TEXT NOT NULL,
@@ -168,8 +172,13 @@ class ModelStore:
             raise SlmopsError(f"Unknown model format {format!r}.", f"Use one of: {', '.join(FORMATS)}.")
         size = folder_size(staged)
         with self._lock, self._connect() as db:
-            row = db.execute("SELECT MAX(version) FROM models WHERE name = ?", (name,)).fetchone()
-            version = (row[0] or 0) + 1
+            # numbers are never reused, so a removed version's ref can never point at another model
+            row = db.execute(
+                "SELECT MAX(COALESCE((SELECT last_version FROM version_counters WHERE name = ?), 0),"
+                " COALESCE((SELECT MAX(version) FROM models WHERE name = ?), 0))",
+                (name, name),
+            ).fetchone()
+            version = row[0] + 1
             final = self.models_dir / name / f"v{version}"
             if final.exists():  # debris of a process killed between rename and insert
                 shutil.rmtree(final)
@@ -177,6 +186,12 @@ class ModelStore:
             os.replace(staged, final)
             staged.mkdir()  # keep the staging context's cleanup a no-op
             created = datetime.now(UTC).isoformat(timespec="seconds")
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "INSERT INTO version_counters (name, last_version) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET last_version = excluded.last_version",
+                (name, version),
+            )
             db.execute(
                 "INSERT INTO models (name, version, format, path, size_bytes, parameters, parents, recipe, metrics,"
                 " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -193,6 +208,7 @@ class ModelStore:
                     created,
                 ),
             )
+            db.execute("COMMIT")
         return self.get(f"{name}:{version}")
 
     def update_metrics(self, ref: str | ModelRef, metrics: dict[str, Any]) -> ModelRecord:
@@ -231,18 +247,21 @@ class ModelStore:
         unless ``force``. The index row goes first, then the folder, so a crash leaves only
         an unreferenced folder behind, never a row pointing at nothing.
         """
-        parsed = parse_ref(ref) if isinstance(ref, str) else ref
+        parsed = parse_ref(ref, allow_path=False) if isinstance(ref, str) else ref
         if parsed.path is not None:
             raise SlmopsError("`models rm` takes a store reference, not a path.", "Use NAME or NAME:VERSION.")
         targets = self.versions(parsed.name) if parsed.version is None and parsed.alias is None else [self.get(parsed)]
         if not targets:
-            raise ModelNotFoundError(f"No model named {parsed.name!r} in the store.", suggest(str(parsed.name), self.names()))
+            raise ModelNotFoundError(
+                f"No model named {parsed.name!r} in the store.", suggest(str(parsed.name), self.names())
+            )
         gone = {t.ref for t in targets}
         children = [r for r in self.list() if r.ref not in gone and set(r.parents) & gone]
         if children and not force:
             names = ", ".join(c.ref for c in children)
             raise SlmopsError(
-                f"Cannot remove {parsed}: {names} depend on it.", "Remove those first, or pass --force to remove anyway."
+                f"Cannot remove {parsed}: {names} depend on it.",
+                "Remove those first, or pass --force to remove anyway.",
             )
         with self._lock, self._connect() as db:
             for t in targets:
@@ -300,16 +319,21 @@ class ModelStore:
 
     def get(self, ref: str | ModelRef) -> ModelRecord:
         """Resolve ``name`` (latest version), ``name:version`` or ``name@alias``."""
-        parsed = parse_ref(ref) if isinstance(ref, str) else ref
+        parsed = parse_ref(ref, allow_path=False) if isinstance(ref, str) else ref
         if parsed.path is not None:
-            raise SlmopsError(f"{parsed.path} is a path, not a store reference.", "Import it with `slmops models import`.")
+            raise SlmopsError(
+                f"{parsed.path} is a path, not a store reference.", "Import it with `slmops models import`."
+            )
         name = str(parsed.name)
         if parsed.alias is not None:
             with self._connect() as db:
-                row = db.execute("SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, parsed.alias)).fetchone()
+                row = db.execute(
+                    "SELECT version FROM aliases WHERE name = ? AND alias = ?", (name, parsed.alias)
+                ).fetchone()
             if row is None:
                 raise ModelNotFoundError(
-                    f"No alias {name}@{parsed.alias} in the store.", f"Set it with `slmops models alias {name} {parsed.alias}`."
+                    f"No alias {name}@{parsed.alias} in the store.",
+                    f"Set it with `slmops models alias {name} {parsed.alias}`.",
                 )
             parsed = ModelRef(name=name, version=row[0])
         recs = self.versions(name)
@@ -321,5 +345,7 @@ class ModelStore:
         if not recs:
             from slmops.models.catalog import CATALOG
 
-            raise ModelNotFoundError(f"Unknown model {name!r}.", suggest(name, sorted(set(self.names()) | set(CATALOG))))
+            raise ModelNotFoundError(
+                f"Unknown model {name!r}.", suggest(name, sorted(set(self.names()) | set(CATALOG)))
+            )
         return recs[-1]
