@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from slmops import __version__
+from slmops.cli import evaluate as evaluate_cmds
 from slmops.cli import generate as generate_cmds
 from slmops.cli import models as models_cmds
 from slmops.cli.common import err_console
@@ -31,6 +32,7 @@ app.add_typer(models_cmds.app, name="models")
 app.command("generate")(generate_cmds.generate)
 app.command("chat")(generate_cmds.chat)
 app.command("demo")(generate_cmds.demo)
+app.command("eval")(evaluate_cmds.eval_cmd)
 
 
 def _version(value: bool) -> None:

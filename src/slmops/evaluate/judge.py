@@ -39,7 +39,7 @@ _REFERENCE = "\nA reference answer is given; an answer need not copy it, but mus
 _PATTERNS = (
     re.compile(r"(?:score|rating|grade)\s*(?:is|of|:|=)?\s*\**\s*(\d{1,2}(?:\.\d+)?)", re.IGNORECASE),
     re.compile(r"(\d{1,2}(?:\.\d+)?)\s*(?:/|out of)\s*10\b", re.IGNORECASE),
-    re.compile(r"(?<![\d.])(\d{1,2}(?:\.\d+)?)(?![\d.])"),
+    re.compile(r"(?<![\d.])(\d{1,2}(?:\.\d+)?)(?!\d|\.\d)"),
 )
 
 JUDGE_PARAMS = GenerationParams(max_tokens=48, temperature=0.0, seed=0)

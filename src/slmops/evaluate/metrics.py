@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 import string
 from collections import Counter
@@ -108,12 +109,21 @@ def label_key(text: str) -> str:
     return " ".join("".join(ch if ch.isalnum() or ch.isspace() else " " for ch in text).split())
 
 
-def normalize_label(text: Any, labels: Sequence[str], *, cutoff: float = 0.75) -> str | None:
+def _similarity(word: str, label: str) -> float:
+    """difflib ratio, or 1.0 when the word and label share a stem (a common prefix of at
+    least 5 characters and 60% of the label: entails/entailment, contradicts/contradiction)."""
+    prefix = len(os.path.commonprefix([word, label]))
+    if prefix >= max(5, 0.6 * len(label)):
+        return 1.0
+    return difflib.SequenceMatcher(None, word, label).ratio()
+
+
+def normalize_label(text: Any, labels: Sequence[str], *, cutoff: float = 0.8) -> str | None:
     """Map free text to one label of ``labels`` (case, punctuation, ``_``/``-`` ignored).
 
     In order: the whole text is a label; a label appears as whole words (the earliest one
     wins: "Billing - the customer was charged twice" → billing); a word is close to a label
-    (difflib ratio ≥ ``cutoff``: "entails" → entailment). ``None`` when nothing fits.
+    (same stem, or difflib ratio ≥ ``cutoff``: "entails" → entailment, "acount" → account). ``None`` when nothing fits.
     """
     if text is None:
         return None
@@ -129,8 +139,10 @@ def normalize_label(text: Any, labels: Sequence[str], *, cutoff: float = 0.75) -
         return min(hits)[2]
     best: tuple[float, int, str] | None = None
     for pos, word in enumerate(key.split()[:50]):
+        if len(word) < 4:  # "the" is 75% similar to "other"; short words say nothing
+            continue
         for k, lab in keys.items():
-            ratio = difflib.SequenceMatcher(None, word, k).ratio()
+            ratio = _similarity(word, k)
             if ratio >= cutoff and (best is None or (ratio, -pos) > (best[0], -best[1])):
                 best = (ratio, pos, lab)
     return best[2] if best else None
@@ -222,10 +234,13 @@ class Perplexity:
         return {"perplexity": self.perplexity, "tokens": self.tokens, "window": self.window, "stride": self.stride}
 
 
-def perplexity(model: Any, tokenizer: Any, text: str, *, window: int | None = None, stride: int | None = None) -> Perplexity:
+def perplexity(
+    model: Any, tokenizer: Any, text: str, *, window: int | None = None, stride: int | None = None
+) -> Perplexity:
     """Perplexity of a causal LM on ``text`` with a sliding window (Hugging Face recipe):
-    each window of ``window`` tokens moves by ``stride``, and only the tokens not scored by
-    an earlier window count, each conditioned on up to ``window - 1`` tokens before it."""
+    each window of ``window`` tokens moves by ``stride`` (< ``window``), and only the tokens
+    not scored by an earlier window count, so every token but the first is scored once, with
+    at least ``window - stride`` tokens of context (fewer only at the start)."""
     import torch
 
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
@@ -234,7 +249,7 @@ def perplexity(model: Any, tokenizer: Any, text: str, *, window: int | None = No
         raise ValueError("perplexity needs a text of at least two tokens")
     context = int(getattr(model.config, "max_position_embeddings", 0) or 1024)
     window = max(2, min(window or 1024, context))
-    stride = max(1, min(stride or window // 2, window))
+    stride = max(1, min(stride or window // 2, window - 1))  # overlap, so no token loses its context
     nll, counted, prev_end = 0.0, 0, 0
     with torch.inference_mode():
         for begin in range(0, n, stride):

@@ -3,7 +3,8 @@
 How the numbers are taken (and what they mean):
 
 * **Throughput** (``tokens_per_second``): completion tokens of the whole batched run over its
-  wall time, at the run's ``batch_size``, the way the test set was actually answered.
+  wall time, at the run's ``batch_size``, the way the test set was actually answered. One
+  untimed one-token request runs first, so lazy initialisation is not billed to the run.
 * **Latency** (``latency_p50_ms``/``latency_p95_ms``): after the batched run (so the model is
   warm), the first ``latency_samples`` records are sent again **one at a time** through
   ``engine.stream``; each request is timed from the call to its last chunk, which is what a

@@ -7,13 +7,16 @@ renaming or removing one bumps ``SCHEMA_VERSION``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from slmops.evaluate.bootstrap import ConfidenceInterval
 from slmops.evaluate.judge import JudgeResult
 from slmops.evaluate.metrics import Confusion, Perplexity
 from slmops.evaluate.perf import PerfStats
 from slmops.evaluate.tasks import EvalItem
+
+if TYPE_CHECKING:
+    from slmops.evaluate.compare import Comparison
 
 SCHEMA_VERSION = 1
 REPORT_KIND = "slmops.eval"
@@ -116,7 +119,7 @@ class EvalReport:
     config: dict[str, Any]
     items: list[EvalItem]
     models: list[ModelResult]
-    comparison: Any  # compare.Comparison (kept loose to avoid an import cycle)
+    comparison: Comparison | None
     report_files: dict[str, str] = field(default_factory=dict)
 
     @property

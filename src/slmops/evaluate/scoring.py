@@ -75,11 +75,11 @@ def score_outputs(
 ) -> TaskScores:
     """Score ``outputs`` (``None`` = the engine failed on that record) against ``golds``."""
     texts = [o or "" for o in outputs]
-    flags_labels = [m.normalize_label(t, labels) if labels and t.strip() else None for t in texts]
+    read_labels = [m.normalize_label(t, labels) if labels and t.strip() else None for t in texts]
     per: dict[str, list[float]] = {}
     for metric in metrics:
         if metric != "macro_f1":
-            per[metric] = [_per_record(metric, t, g, lab) for t, g, lab in zip(texts, golds, flags_labels, strict=True)]
+            per[metric] = [_per_record(metric, t, g, lab) for t, g, lab in zip(texts, golds, read_labels, strict=True)]
     aggregates = {k: (sum(v) / len(v) if v else 0.0) for k, v in per.items()}
     refs = [_first(g) for g in golds]
     if "bleu" in per:
@@ -87,16 +87,16 @@ def score_outputs(
     confusion = None
     label_golds = [str(g) for g in golds]
     if labels:
-        confusion = m.confusion_matrix(flags_labels, label_golds, labels)
+        confusion = m.confusion_matrix(read_labels, label_golds, labels)
         if "macro_f1" in metrics:
-            aggregates["macro_f1"] = m.macro_f1(flags_labels, label_golds, labels)
+            aggregates["macro_f1"] = m.macro_f1(read_labels, label_golds, labels)
     if labels:
-        predictions: list[str | None] = list(flags_labels)
+        predictions: list[str | None] = list(read_labels)
     elif "numeric_match" in metrics:
         predictions = [None if (x := m.extract_number(t)) is None else f"{x:g}" for t in texts]
     else:
         predictions = [None] * len(texts)
-    flags = [_flag(o, lab, metrics, labels) for o, lab in zip(outputs, flags_labels, strict=True)]
+    flags = [_flag(o, lab, metrics, labels) for o, lab in zip(outputs, read_labels, strict=True)]
     intervals: dict[str, ConfidenceInterval] = {}
     for metric in metrics:
         ci: ConfidenceInterval | None
@@ -105,7 +105,7 @@ def score_outputs(
             ci = bootstrap_items_ci(pairs, lambda p: m.corpus_bleu([a for a, _ in p], [b for _, b in p]),
                                     resamples=min(resamples, 200), seed=seed)
         elif metric == "macro_f1":
-            pairs = list(zip(flags_labels, label_golds, strict=True))
+            pairs = list(zip(read_labels, label_golds, strict=True))
             ci = bootstrap_items_ci(pairs, lambda p: m.macro_f1([a for a, _ in p], [b for _, b in p], labels),
                                     resamples=min(resamples, 200), seed=seed)
         else:

@@ -15,12 +15,13 @@ from typing import Any
 from slmops.data.prompts import record_to_request
 from slmops.engines.base import GenerationParams, GenerationRequest, Message
 from slmops.errors import DataError, SlmopsError
-from slmops.evaluate.metrics import label_key, extract_number
+from slmops.evaluate.metrics import extract_number, label_key
 
 PER_RECORD_METRICS = ("accuracy", "exact_match", "token_f1", "numeric_match", "rouge_l", "bleu")
 LABEL_METRICS = ("accuracy", "macro_f1")
 ALL_METRICS = (*PER_RECORD_METRICS, "macro_f1")
 NLI_LABELS = ("entailment", "neutral", "contradiction")
+LABEL_INSTRUCTION = "Answer with exactly one of these labels: {labels}. Reply with the label only."
 
 ISSUES = ("invalid_input", "missing_gold", "gold_not_in_labels", "gold_not_a_number")
 
@@ -42,10 +43,10 @@ TASKS: dict[str, TaskSpec] = {
     t.name: t
     for t in [
         TaskSpec("classification", "Pick one label from a label set (accuracy, macro-F1, confusion matrix).",
-                 ("accuracy", "macro_f1"), "Answer with exactly one of these labels: {labels}. Reply with the label only.",
+                 ("accuracy", "macro_f1"), LABEL_INSTRUCTION,
                  uses_labels=True, max_tokens=16),
         TaskSpec("nli", "Natural language inference: entailment / neutral / contradiction.",
-                 ("accuracy", "macro_f1"), "Answer with exactly one of these labels: {labels}. Reply with the label only.",
+                 ("accuracy", "macro_f1"), LABEL_INSTRUCTION,
                  uses_labels=True, default_labels=NLI_LABELS, max_tokens=16),
         TaskSpec("qa", "Short-answer questions (SQuAD token F1 and exact match).", ("token_f1", "exact_match"),
                  "Answer with a short phrase only.", max_tokens=32),
