@@ -16,6 +16,7 @@ import typer
 
 from slmops import __version__
 from slmops.cli import evaluate as evaluate_cmds
+from slmops.cli import finetune as finetune_cmds
 from slmops.cli import generate as generate_cmds
 from slmops.cli import models as models_cmds
 from slmops.cli.common import err_console
@@ -33,6 +34,7 @@ app.command("generate")(generate_cmds.generate)
 app.command("chat")(generate_cmds.chat)
 app.command("demo")(generate_cmds.demo)
 app.command("eval")(evaluate_cmds.eval_cmd)
+app.command("finetune")(finetune_cmds.finetune)
 
 
 def _version(value: bool) -> None:

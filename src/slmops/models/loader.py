@@ -3,6 +3,7 @@ adapter on top of either)."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,9 @@ def load_with_adapter(
     if any((adapter_dir / f).exists() for f in TOKENIZER_FILES):
         tokenizer = load_tokenizer(adapter_dir)
     try:
-        model = PeftModel.from_pretrained(model, str(adapter_dir))
+        with warnings.catch_warnings():  # peft's deprecation chatter is not the user's business
+            warnings.simplefilter("ignore")
+            model = PeftModel.from_pretrained(model, str(adapter_dir))
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise InvalidModelError(
             f"Could not apply the adapter at {adapter_dir} to its base at {base_dir} ({type(exc).__name__}: {exc}).",

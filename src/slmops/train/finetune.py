@@ -89,6 +89,7 @@ def run(config: FinetuneConfig, store: ModelStore | None = None, progress: Progr
     tokenizer = load_tokenizer(resolved)
     train_set, eval_examples = load_data(config, tokenizer)
     notify(TrainEvent("status", message=f"loading {resolved.label} for {config.method} fine-tuning"))
+    torch.manual_seed(config.seed)  # LoRA initialisation, dropout
     model = load_for_training(resolved, config)
     pad_id = tokenizer.pad_token_id
     plan = BatchPlan(
@@ -100,7 +101,6 @@ def run(config: FinetuneConfig, store: ModelStore | None = None, progress: Progr
     total = config.max_steps or math.ceil(config.epochs * plan.per_epoch / config.grad_accum)
 
     # -- 2. optimizer, schedule, and the starting point (fresh or resumed) -------------------
-    torch.manual_seed(config.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     warmup = min(config.warmup, total)
@@ -144,7 +144,7 @@ def run(config: FinetuneConfig, store: ModelStore | None = None, progress: Progr
         run_dir.log(dict(step=tracker.step, loss=loss_value, lr=lr, grad_norm=float(grad_norm), epoch=epoch,
                          tokens=tracker.tokens, tokens_per_second=round(tps, 1)))  # fmt: skip
         notify(TrainEvent("step", tracker.step, total, loss=loss_value, lr=lr, tokens=tracker.tokens,
-                          tokens_per_second=tps))  # fmt: skip
+                          tokens_per_second=tracker.tokens / tracker.seconds))  # fmt: skip
 
         if evals and (tracker.step % config.eval_interval == 0 or tracker.step == total):
             tracker.eval_loss = evaluate(model, evals)

@@ -1,0 +1,131 @@
+"""``slmops finetune``: the options are the fields of :class:`~slmops.train.FinetuneConfig`.
+
+Every option defaults to "not given" so that a ``--config`` YAML file supplies the value and
+the command line overrides it; the config's own defaults apply last. The help text of each
+option is the field's description, so the CLI, the YAML keys and the Python API never drift.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from slmops.cli.common import JsonOpt, console, err_console, human_count, human_size, open_store, print_json, status
+from slmops.train import FinetuneConfig, TrainEvent, load_config, run
+
+
+def _opt(field: str, *extra: str, **kw: Any) -> Any:
+    """A typer option named after a config field, with the field's description as help."""
+    flag = "--" + field.replace("_", "-")
+    names = (f"{flag}/--no-{flag[2:]}",) if kw.pop("flag", False) else (flag, *extra)
+    return typer.Option(*names, help=FinetuneConfig.model_fields[field].description, show_default=False, **kw)
+
+
+def finetune(
+    model: Annotated[str | None, _opt("model", "-m")] = None,
+    data: Annotated[list[Path] | None, _opt("data", "-d")] = None,
+    output: Annotated[str | None, _opt("output", "-o")] = None,
+    method: Annotated[str | None, _opt("method")] = None,
+    eval_data: Annotated[Path | None, _opt("eval_data")] = None,
+    eval_split: Annotated[float | None, _opt("eval_split")] = None,
+    max_steps: Annotated[int | None, _opt("max_steps")] = None,
+    epochs: Annotated[float | None, _opt("epochs")] = None,
+    lr: Annotated[float | None, _opt("lr")] = None,
+    batch_size: Annotated[int | None, _opt("batch_size")] = None,
+    grad_accum: Annotated[int | None, _opt("grad_accum")] = None,
+    max_seq_len: Annotated[int | None, _opt("max_seq_len")] = None,
+    truncation: Annotated[str | None, _opt("truncation")] = None,
+    warmup: Annotated[int | None, _opt("warmup")] = None,
+    weight_decay: Annotated[float | None, _opt("weight_decay")] = None,
+    max_grad_norm: Annotated[float | None, _opt("max_grad_norm")] = None,
+    lora_r: Annotated[int | None, _opt("lora_r")] = None,
+    lora_alpha: Annotated[int | None, _opt("lora_alpha")] = None,
+    lora_dropout: Annotated[float | None, _opt("lora_dropout")] = None,
+    target_modules: Annotated[list[str] | None, _opt("target_modules")] = None,
+    seed: Annotated[int | None, _opt("seed")] = None,
+    gradient_checkpointing: Annotated[bool | None, _opt("gradient_checkpointing", flag=True)] = None,
+    text_template: Annotated[str | None, _opt("text_template")] = None,
+    train_on_prompt: Annotated[bool | None, _opt("train_on_prompt", flag=True)] = None,
+    packing: Annotated[bool | None, _opt("packing", flag=True)] = None,
+    eval_interval: Annotated[int | None, _opt("eval_interval")] = None,
+    save_interval: Annotated[int | None, _opt("save_interval")] = None,
+    keep_checkpoints: Annotated[int | None, _opt("keep_checkpoints")] = None,
+    patience: Annotated[int | None, _opt("patience")] = None,
+    resume: Annotated[bool | None, _opt("resume", flag=True)] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML file with the same keys.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fine-tune a model (full, LoRA or QLoRA) on your data and register the result.
+
+    Data: JSONL/JSON/CSV/Parquet records with a 'messages' list, 'prompt'+'completion', or
+    any fields used by --text-template (the last {field} is the answer). Loss is on answer
+    tokens only unless --train-on-prompt. Checkpoints and metrics.jsonl go to
+    $SLMOPS_HOME/runs/finetune-OUTPUT/; --resume continues an interrupted run.
+
+    Example: slmops finetune --model smollm2-135m-instruct --data qa.jsonl --text-template "Q: {question}\\nA: {answer}" --method lora --max-steps 30 --output my-adapter
+    """  # noqa: E501
+    options = {k: v for k, v in locals().items() if k in FinetuneConfig.model_fields}
+    cfg = load_config(config, options)
+    with _ProgressBar(enabled=not as_json) as bar:
+        result = run(cfg, open_store(), progress=bar.update)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    rec = result.record
+    eval_part = (
+        f", best eval loss {result.eval_loss:.4f} (ppl {result.perplexity:.2f}) at step {result.best_step}"
+        if (result.eval_loss is not None)
+        else ""
+    )
+    console.print(
+        f"registered [bold]{rec.ref}[/bold] ({rec.format}{', base ' + rec.parents[0] if rec.parents else ''}): "
+        f"{result.steps} steps, train loss {result.train_loss:.4f}{eval_part}; "
+        f"{result.tokens_per_second:.0f} tokens/s, weights {human_size(result.weight_bytes)}, "
+        f"{human_count(result.trainable_parameters)} trained parameters"
+        + (" (stopped early)" if result.stopped_early else "")
+    )
+
+
+class _ProgressBar:
+    """Renders :class:`TrainEvent`s: a bar with loss, tokens/s and ETA; status lines on stderr."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = Progress(
+            TextColumn("[bold]finetune"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]} eval {task.fields[eval]} | {task.fields[tps]} tok/s"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=err_console,
+            disable=not enabled,
+        )
+        self.task: Any = None
+        self.started = time.perf_counter()
+
+    def __enter__(self) -> _ProgressBar:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(None, None, None)
+
+    def update(self, e: TrainEvent) -> None:
+        if not self.enabled:
+            return
+        if e.kind == "status":
+            status(e.message)
+        elif e.kind == "start":
+            self.task = self.bar.add_task("train", total=e.total_steps, completed=e.step, loss="-", eval="-", tps="-")
+            if e.step:
+                status(f"resumed at step {e.step}")
+        elif self.task is not None and e.kind == "step":
+            self.bar.update(self.task, completed=e.step, loss=f"{e.loss:.4f}", tps=f"{e.tokens_per_second:.0f}")
+        elif self.task is not None and e.kind == "eval":
+            self.bar.update(self.task, eval=f"{e.eval_loss:.4f}")
