@@ -62,3 +62,36 @@ def slmops_bin() -> Path:
     if not found:
         pytest.skip("the slmops console script is not installed (pip install -e .)")
     return Path(found)
+
+
+@pytest.fixture(scope="session")
+def serve_store(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
+    """A store for the server tests: the tiny model as `tiny` v1 (alias `prod`) and v2."""
+    import shutil
+
+    from slmops.models.store import ModelStore
+
+    store = ModelStore(tmp_path_factory.mktemp("serve-home"))
+    for _ in range(2):
+        with store.staging() as staged:
+            shutil.copytree(tiny_model_dir, staged / "model")
+            store.add(staged / "model", "tiny", "hf")
+    store.set_alias("tiny:1", "prod")
+    return store
+
+
+@pytest.fixture(scope="session")
+def openai_schema():
+    """Validate a payload against a root of the shared OpenAI schemas: ``openai_schema(obj, "ErrorResponse")``."""
+    import json
+
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is not installed (pip install -e '.[dev]')")
+    path = Path(__file__).resolve().parent.parent.parent / "shared" / "openai" / "openai_schemas.json"
+    if not path.exists():
+        pytest.skip(f"OpenAI schemas not found at {path} (the shared/ folder beside the repository)")
+    doc = json.loads(path.read_text())
+
+    def validate(obj, root: str) -> None:
+        jsonschema.validate(obj, {**doc, "$ref": f"#/$defs/{root}"})
+
+    return validate

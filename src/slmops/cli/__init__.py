@@ -15,10 +15,13 @@ from typing import Annotated
 import typer
 
 from slmops import __version__
+from slmops.cli import data as data_cmds
+from slmops.cli import distill as distill_cmds
 from slmops.cli import evaluate as evaluate_cmds
 from slmops.cli import finetune as finetune_cmds
 from slmops.cli import generate as generate_cmds
 from slmops.cli import models as models_cmds
+from slmops.cli import serve as serve_cmds
 from slmops.cli.common import err_console
 from slmops.errors import SlmopsError
 
@@ -35,6 +38,9 @@ app.command("chat")(generate_cmds.chat)
 app.command("demo")(generate_cmds.demo)
 app.command("eval")(evaluate_cmds.eval_cmd)
 app.command("finetune")(finetune_cmds.finetune)
+app.command("serve")(serve_cmds.serve)
+app.add_typer(data_cmds.app, name="data")
+app.add_typer(distill_cmds.app, name="distill")
 
 
 def _version(value: bool) -> None:

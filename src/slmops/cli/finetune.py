@@ -7,15 +7,18 @@ option is the field's description, so the CLI, the YAML keys and the Python API 
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
 
+from slmops import train as recipes
 from slmops.cli.common import JsonOpt, console, err_console, human_count, human_size, open_store, print_json, status
-from slmops.train import FinetuneConfig, TrainEvent, load_config, run
+from slmops.train import FinetuneConfig, FinetuneResult, SearchResult, TrainEvent, load_config
 
 
 def _opt(field: str, *extra: str, **kw: Any) -> Any:
@@ -56,6 +59,10 @@ def finetune(
     keep_checkpoints: Annotated[int | None, _opt("keep_checkpoints")] = None,
     patience: Annotated[int | None, _opt("patience")] = None,
     resume: Annotated[bool | None, _opt("resume", flag=True)] = None,
+    report_to: Annotated[list[str] | None, _opt("report_to")] = None,
+    search: Annotated[Path | None, _opt("search")] = None,
+    trials: Annotated[int | None, _opt("trials")] = None,
+    sampler: Annotated[str | None, _opt("sampler")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML file with the same keys.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -65,16 +72,42 @@ def finetune(
     any fields used by --text-template (the last {field} is the answer). Loss is on answer
     tokens only unless --train-on-prompt. Checkpoints and metrics.jsonl go to
     $SLMOPS_HOME/runs/finetune-OUTPUT/; --resume continues an interrupted run.
+    --search SPACE.yaml --trials N tries N settings (Optuna; weak trials pruned) and registers
+    the best. Several processes: torchrun --nproc-per-node 2 -m slmops finetune ...
 
     Example: slmops finetune --model smollm2-135m-instruct --data qa.jsonl --text-template "Q: {question}\\nA: {answer}" --method lora --max-steps 30 --output my-adapter
     """  # noqa: E501
     options = {k: v for k, v in locals().items() if k in FinetuneConfig.model_fields}
     cfg = load_config(config, options)
-    with _ProgressBar(enabled=not as_json) as bar:
-        result = run(cfg, open_store(), progress=bar.update)
-    if as_json:
-        print_json(result.to_dict())
+    main = int(os.environ.get("RANK", "0") or 0) == 0  # under torchrun only rank 0 prints
+    with _ProgressBar(enabled=not as_json and main) as bar:
+        recipe = recipes.search if cfg.search else recipes.run
+        outcome = recipe(cfg, open_store(), progress=bar.update)
+    if not main:
         return
+    if as_json:
+        print_json(outcome.to_dict())
+        return
+    if isinstance(outcome, SearchResult):
+        console.print(_search_table(outcome))
+    _summary(outcome.best if isinstance(outcome, SearchResult) else outcome)
+
+
+def _search_table(res: SearchResult) -> Table:
+    names = list(dict.fromkeys(k for t in res.trials for k in t.params))
+    table = Table(title=f"search: {len(res.trials)} trials, best #{res.best_trial}")
+    for col in ["trial", "state", *names, "eval loss", "best step", "steps", "tok/s"]:
+        table.add_column(col, justify="left" if col == "state" else "right")
+    for t in res.trials:
+        vals = [f"{t.params[n]:.3g}" if isinstance(t.params.get(n), float) else str(t.params.get(n, "")) for n in names]
+        loss = f"{t.eval_loss:.4f}" if t.eval_loss is not None else "-"
+        mark = " *" if t.number == res.best_trial else ""
+        table.add_row(f"{t.number}{mark}", t.state, *vals, loss, str(t.best_step), str(t.steps),
+                      f"{t.tokens_per_second:.0f}")  # fmt: skip
+    return table
+
+
+def _summary(result: FinetuneResult) -> None:
     rec = result.record
     eval_part = (
         f", best eval loss {result.eval_loss:.4f} (ppl {result.perplexity:.2f}) at step {result.best_step}"

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+from slmops.engines.adapters import open_engine_with_adapters, parse_multi_ref
 from slmops.engines.base import (
     Engine,
     GenerationParams,
@@ -22,6 +26,7 @@ __all__ = [
     "Message",
     "StreamChunk",
     "open_engine",
+    "open_engine_with_adapters",
 ]
 
 
@@ -35,19 +40,31 @@ def open_engine(
     """Open an engine for a store reference, a path, or an OpenAI-compatible URL.
 
     A URL takes the served model name after ``#``: ``http://127.0.0.1:8000/v1#my-model``.
-    A built-in model that is not pulled yet is pulled first.
+    A built-in model that is not pulled yet is pulled first. ``BASE+ADAPTER1,ADAPTER2`` opens the
+    base once with several PEFT adapters; each request picks one (``GenerationRequest.adapter``).
     """
     if ref.startswith(("http://", "https://")):
         from slmops.engines.remote import RemoteEngine
 
         url, _, model = ref.partition("#")
         return RemoteEngine(url, model or "default")
+    multi = parse_multi_ref(ref) if not Path(ref).expanduser().exists() else None
+    if multi is not None:
+        return open_engine_with_adapters(multi[0], multi[1], store, threads=threads, progress=progress)
     from slmops.models.resolve import resolve
 
     store = store or ModelStore()
     resolved = resolve(ref, store, progress=progress)
     if resolved.format == "peft-adapter":
         return _open_adapter(resolved, store, threads=threads, progress=progress)
+    if resolved.format == "onnx-genai":
+        from slmops.engines.ortgenai_engine import OrtGenAIEngine
+
+        return OrtGenAIEngine(resolved.path, threads=threads)
+    if resolved.format == "gguf" and os.environ.get("SLMOPS_GGUF_ENGINE") == "llamacpp":
+        from slmops.engines.llamacpp_engine import LlamaCppEngine
+
+        return LlamaCppEngine(resolved.load_dir / str(resolved.gguf_file), threads=threads)
     if resolved.format in ("hf", "gguf"):
         from slmops.engines.torch_engine import TorchEngine
 

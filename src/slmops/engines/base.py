@@ -54,11 +54,15 @@ class Message:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """Exactly one of ``prompt`` (raw text, no template) or ``messages`` (chat)."""
+    """Exactly one of ``prompt`` (raw text, no template) or ``messages`` (chat).
+
+    ``adapter`` picks one of the adapters an engine was opened with (``open_engine("base+a,b")``);
+    ``None`` is the model as opened (for a multi-adapter engine: the base without adapters)."""
 
     prompt: str | None = None
     messages: tuple[Message, ...] | None = None
     params: GenerationParams = field(default_factory=GenerationParams)
+    adapter: str | None = None
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):

@@ -1,59 +1,38 @@
 """The PyTorch engine: batched generation with left padding and a KV cache.
 
-One decode loop serves ``generate`` and ``stream``: each step runs one forward pass for
-every row still generating, samples one token per row with that row's own RNG (so a seeded
-request gives the same text alone or in a batch), and drops finished rows from the batch and
-the cache.
+One step-level decode loop (:class:`~slmops.engines.batching.DecodeBatch`) serves
+``generate``, ``stream`` and the server's continuous batching: each step runs one forward
+pass for every row still generating, samples one token per row with that row's own RNG (so a
+seeded request gives the same text alone or in a batch), and drops finished rows from the
+batch and the cache; new rows may join between steps.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from slmops.engines.base import (
-    Engine,
-    FinishReason,
-    GenerationParams,
-    GenerationRequest,
-    GenerationResult,
-    StreamChunk,
-)
-from slmops.engines.text import IncrementalDecoder, StopMatcher
+from slmops.engines.base import Engine, GenerationRequest, GenerationResult, StreamChunk
+from slmops.engines.batching import BatchEvent, DecodeBatch
 from slmops.errors import EngineError
-
-
-@dataclass
-class _Row:
-    index: int
-    prompt_len: int
-    params: GenerationParams
-    max_new: int
-    decoder: IncrementalDecoder
-    stops: StopMatcher
-    generator: torch.Generator
-    finish: FinishReason | None = None
-    pieces: list[str] = field(default_factory=list)
-    completion_tokens: int = 0  # counts the end-of-turn token too, as OpenAI servers do
-    finished_at: float = 0.0
-
-
-@dataclass(frozen=True)
-class _Event:
-    index: int
-    text: str
-    row: _Row
 
 
 class TorchEngine(Engine):
     name = "torch"
 
-    def __init__(self, model: Any, tokenizer: Any, *, threads: int | None = None, max_batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        *,
+        threads: int | None = None,
+        max_batch_size: int = 32,
+        adapters: Mapping[str, str] | None = None,
+    ) -> None:
         if threads:
             torch.set_num_threads(threads)
         self.model = model.eval()
@@ -68,6 +47,7 @@ class TorchEngine(Engine):
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (min(eos_ids) if eos_ids else 0)
         self.context_length = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
+        self.adapters = dict(adapters or {})  # request adapter name -> PEFT adapter name in ``model``
 
     @classmethod
     def from_path(cls, path: Path, *, gguf_file: str | None = None, threads: int | None = None) -> TorchEngine:
@@ -93,132 +73,69 @@ class TorchEngine(Engine):
     def count_tokens(self, request: GenerationRequest) -> int:
         return len(self.prompt_ids(request))
 
+    # -- adapters (one base, several PEFT adapters, one per request) --------------------------
+    def check_adapter(self, adapter: str | None) -> None:
+        if adapter is None or adapter in self.adapters:
+            return
+        if not self.adapters:
+            raise EngineError(
+                f"Adapter {adapter!r} was asked for, but this model was opened without adapters.",
+                "Open the base with its adapters, e.g. `open_engine('BASE+ADAPTER1,ADAPTER2')`.",
+            )
+        raise EngineError(
+            f"Unknown adapter {adapter!r}.", f"This engine holds: {', '.join(sorted(self.adapters))} (or none)."
+        )
+
+    def forward_kwargs(self, adapters: Sequence[str | None]) -> dict[str, Any]:
+        """Extra model-forward arguments for rows asking for these adapters (in batch order):
+        PEFT's per-row ``adapter_names`` (``__base__`` = no adapter); nothing for a plain model."""
+        if not self.adapters:
+            return {}
+        return {"adapter_names": [self.adapters[a] if a else "__base__" for a in adapters]}
+
     # -- public API ------------------------------------------------------------------------
+    def new_batch(self) -> DecodeBatch:
+        """A step-level batch that requests can join and leave between steps (continuous batching)."""
+        return DecodeBatch(self)
+
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         results: list[GenerationResult] = []
         for start in range(0, len(requests), self.max_batch_size):
             chunk = requests[start : start + self.max_batch_size]
             t0 = time.perf_counter()
-            rows: dict[int, _Row] = {}
-            for ev in self._decode(chunk):
-                rows[ev.index] = ev.row
-            for i in range(len(chunk)):
-                row = rows[i]
+            batch = self.new_batch()
+            ids = [batch.add(r) for r in chunk]
+            pieces: dict[int, list[str]] = {i: [] for i in ids}
+            finals: dict[int, tuple[BatchEvent, float]] = {}
+            while batch:
+                for ev in batch.step():
+                    pieces[ev.id].append(ev.text)
+                    if ev.finish_reason is not None:
+                        finals[ev.id] = (ev, time.perf_counter())
+            for i in ids:
+                ev, finished_at = finals[i]
                 results.append(
                     GenerationResult(
-                        text="".join(row.pieces),
-                        prompt_tokens=row.prompt_len,
-                        completion_tokens=row.completion_tokens,
-                        finish_reason=row.finish or "length",
-                        seconds=row.finished_at - t0,
+                        text="".join(pieces[i]),
+                        prompt_tokens=ev.prompt_tokens,
+                        completion_tokens=ev.completion_tokens,
+                        finish_reason=ev.finish_reason or "length",
+                        seconds=finished_at - t0,
                     )
                 )
         return results
 
     def stream(self, request: GenerationRequest) -> Iterator[StreamChunk]:
-        for ev in self._decode([request]):
-            if ev.text:
-                yield StreamChunk(ev.text)
-            if ev.row.finish is not None:
-                yield StreamChunk(
-                    "",
-                    finish_reason=ev.row.finish,
-                    prompt_tokens=ev.row.prompt_len,
-                    completion_tokens=ev.row.completion_tokens,
-                )
-
-    # -- the decode loop ---------------------------------------------------------------------
-    def _new_row(self, index: int, prompt: list[int], params: GenerationParams) -> _Row:
-        room = self.context_length - len(prompt)
-        if room < 1:
-            raise EngineError(
-                f"The prompt has {len(prompt)} tokens but the model's context window is {self.context_length}.",
-                "Shorten the prompt.",
-            )
-        gen = torch.Generator().manual_seed(params.seed if params.seed is not None else torch.seed())
-        decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
-        return _Row(
-            index,
-            len(prompt),
-            params,
-            min(params.max_tokens, room),
-            IncrementalDecoder(decode),
-            StopMatcher(params.stop),
-            gen,
-        )
-
-    @torch.inference_mode()
-    def _decode(self, requests: Sequence[GenerationRequest]) -> Iterator[_Event]:
-        prompts = [self.prompt_ids(r) for r in requests]
-        rows = [self._new_row(i, p, r.params) for i, (p, r) in enumerate(zip(prompts, requests, strict=True))]
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-            mask[i, width - len(p) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        cache, logits = out.cache, out.logits[:, -1, :]
-        active = list(range(len(rows)))  # row indices, in cache order
-        last_pos = positions[:, -1]
-        while True:
-            next_tokens = self._sample(logits, [rows[i] for i in active])
-            keep: list[int] = []
-            for slot, i in enumerate(active):
-                row = rows[i]
-                text = self._advance(row, int(next_tokens[slot]))
-                row.pieces.append(text)
-                yield _Event(i, text, row)
-                if row.finish is None:
-                    keep.append(slot)
-                else:
-                    row.finished_at = time.perf_counter()
-            if not keep:
-                return
-            if len(keep) < len(active):
-                idx = torch.tensor(keep, dtype=torch.long)
-                cache.batch_select_indices(idx)
-                mask, last_pos, next_tokens = mask[idx], last_pos[idx], next_tokens[idx]
-                active = [active[s] for s in keep]
-            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=torch.long)], dim=1)
-            last_pos = last_pos + 1
-            out = self.model(
-                input_ids=next_tokens[:, None],
-                attention_mask=mask,
-                position_ids=last_pos[:, None],
-                cache=cache,
-                use_cache=True,
-            )
-            cache, logits = out.cache, out.logits[:, -1, :]
-
-    def _advance(self, row: _Row, token: int) -> str:
-        """Feed one sampled token to a row; returns the text it may emit now."""
-        row.completion_tokens += 1
-        if token in self.eos_ids:
-            row.finish = "stop"
-            return row.stops.flush()
-        text = row.stops.feed(row.decoder.push(token))
-        if row.stops.stopped:
-            row.finish = "stop"
-        elif row.completion_tokens >= row.max_new:
-            row.finish = "length"
-            text += row.stops.flush()
-        return text
-
-    @staticmethod
-    def _sample(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
-        logits = logits.float()
-        out = logits.argmax(dim=-1)
-        for slot, row in enumerate(rows):
-            p = row.params
-            if p.temperature <= 0:
-                continue
-            probs = torch.softmax(logits[slot] / p.temperature, dim=-1)
-            if p.top_p < 1.0:
-                sorted_p, order = probs.sort(descending=True)
-                cum = sorted_p.cumsum(0)
-                sorted_p[(cum - sorted_p) > p.top_p] = 0.0
-                probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
-            out[slot] = torch.multinomial(probs, 1, generator=row.generator)[0]
-        return out
+        batch = self.new_batch()
+        batch.add(request)
+        while batch:
+            for ev in batch.step():
+                if ev.text:
+                    yield StreamChunk(ev.text)
+                if ev.finish_reason is not None:
+                    yield StreamChunk(
+                        "",
+                        finish_reason=ev.finish_reason,
+                        prompt_tokens=ev.prompt_tokens,
+                        completion_tokens=ev.completion_tokens,
+                    )

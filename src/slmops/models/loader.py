@@ -73,3 +73,37 @@ def load_with_adapter(
             "The adapter may be corrupt, or trained on a different base; re-train or re-import it.",
         ) from exc
     return (model.merge_and_unload() if merge else model), tokenizer
+
+
+def load_with_adapters(adapters: dict[str, Path], base_dir: Path, *, gguf_file: str | None = None) -> tuple[Any, Any]:
+    """One base model holding several PEFT adapters side by side, unmerged, under the given
+    names (PEFT adapter names: no '.'); a forward with ``adapter_names=[...]`` picks one per
+    row (``"__base__"`` for none). The adapters must share one tokenizer (vocabulary and chat
+    template); the first adapter's own tokenizer wins when it ships one, as in
+    :func:`load_with_adapter`."""
+    from peft import PeftModel
+
+    model, tokenizer = load_causal_lm(base_dir, gguf_file=gguf_file)
+    shipped = [(n, load_tokenizer(d)) for n, d in adapters.items() if any((d / f).exists() for f in TOKENIZER_FILES)]
+    if shipped:
+        tokenizer = shipped[0][1]
+    for name, tok in shipped:
+        if (len(tok), tok.chat_template) != (len(tokenizer), tokenizer.chat_template):
+            raise InvalidModelError(
+                f"The adapters do not share one tokenizer: {name!r} differs from {shipped[0][0]!r}.",
+                "Serve adapters trained with different tokenizers or chat templates from separate engines.",
+            )
+    first, *rest = adapters.items()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = PeftModel.from_pretrained(model, str(first[1]), adapter_name=first[0])
+            for name, folder in rest:
+                model.load_adapter(str(folder), adapter_name=name)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise InvalidModelError(
+            f"Could not load the adapters {', '.join(map(str, adapters.values()))} onto their base at {base_dir} "
+            f"({type(exc).__name__}: {exc}).",
+            "An adapter may be corrupt, or trained on a different base; re-train or re-import it.",
+        ) from exc
+    return model.eval(), tokenizer

@@ -103,7 +103,15 @@ class RunDir:
         os.replace(tmp, self.path / name)
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def save(self, model: torch.nn.Module, optimizer: Any, scheduler: Any, tracker: Tracker, keep: int) -> Path:
+    def save(
+        self,
+        model: torch.nn.Module,
+        optimizer: Any,
+        scheduler: Any,
+        tracker: Tracker,
+        keep: int,
+        rng_ranks: list[torch.Tensor] | None = None,
+    ) -> Path:
         final = self.ckpt_dir / f"step-{tracker.step:06d}"
         tmp = self.ckpt_dir / f".partial-{final.name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -115,6 +123,8 @@ class RunDir:
             "rng": torch.get_rng_state(),
             "tracker": asdict(tracker),
         }
+        if rng_ranks is not None:  # every process's RNG, so that a multi-process run resumes exactly
+            state["rng_ranks"] = rng_ranks
         torch.save(state, tmp / "state.pt")
         for f in tmp.iterdir():
             with f.open("rb") as fh:
@@ -130,8 +140,10 @@ class RunDir:
                 f.unlink(missing_ok=True)
         return final
 
-    def load_latest(self, model: torch.nn.Module, optimizer: Any, scheduler: Any) -> Tracker | None:
-        """Restore the newest checkpoint; drops log lines and best weights from after it."""
+    def load_latest(
+        self, model: torch.nn.Module, optimizer: Any, scheduler: Any, *, rank: int = 0
+    ) -> Tracker | None:
+        """Restore the newest checkpoint; rank 0 drops log lines and best weights from after it."""
         ckpts = self.checkpoints()
         if not ckpts:
             return None
@@ -140,7 +152,10 @@ class RunDir:
         state = torch.load(path / "state.pt", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks") or [state["rng"]]
+        torch.set_rng_state(ranks[rank] if rank < len(ranks) else state["rng"])
+        if rank:
+            return Tracker(**state["tracker"])
         for s, f in self.best_files():
             if s > step:
                 f.unlink()

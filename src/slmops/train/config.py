@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from slmops.errors import SlmopsError
 
 Method = Literal["full", "lora", "qlora"]
+Reporter = Literal["mlflow", "tensorboard"]
 
 
 class FinetuneConfig(BaseModel):
@@ -58,6 +59,12 @@ class FinetuneConfig(BaseModel):
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept (the best weights are kept apart).")
     patience: int | None = Field(None, ge=1, description="Stop after N evaluations without improvement.")
     resume: bool = Field(False, description="Continue the run from its last checkpoint.")
+    report_to: list[Reporter] = Field(
+        default_factory=list, description="Also report metrics to: mlflow, tensorboard (comma-separated)."
+    )
+    search: Path | None = Field(None, description="Hyper-parameter search space (YAML); runs --trials trials.")
+    trials: int = Field(10, ge=1, description="Trials of a --search; the best one is registered.")
+    sampler: Literal["tpe", "random"] = Field("tpe", description="How a --search picks trials: tpe or random.")
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneConfig:
@@ -65,6 +72,10 @@ class FinetuneConfig(BaseModel):
             raise ValueError("give --eval-data or --eval-split, not both")
         if self.patience is not None and self.eval_data is None and self.eval_split == 0:
             raise ValueError("--patience needs evaluation data (--eval-data or --eval-split)")
+        if self.search is not None and not self.has_eval:
+            raise ValueError("--search ranks trials by eval loss: give --eval-data or --eval-split")
+        if self.search is not None and self.resume:
+            raise ValueError("a --search cannot be resumed; run it again without --resume")
         return self
 
     @property
@@ -77,7 +88,7 @@ class FinetuneConfig(BaseModel):
 
 
 # fields whose change does not alter the trajectory of a resumed run
-RESUMABLE_CHANGES = frozenset({"resume", "keep_checkpoints", "save_interval"})
+RESUMABLE_CHANGES = frozenset({"resume", "keep_checkpoints", "save_interval", "report_to"})
 
 
 def _fmt_loc(loc: tuple[Any, ...]) -> str:
@@ -96,6 +107,9 @@ def make_config(values: dict[str, Any], source: str = "options") -> FinetuneConf
         for key in ("data", "target_modules"):
             if isinstance(values.get(key), str | Path):
                 values[key] = [values[key]]
+        if isinstance(values.get("report_to"), str | list):  # "mlflow,tensorboard" or repeated flags
+            items = [values["report_to"]] if isinstance(values["report_to"], str) else values["report_to"]
+            values["report_to"] = [x.strip() for i in items for x in str(i).split(",") if x.strip()]
         try:
             return FinetuneConfig(**values)
         except ValidationError as exc:

@@ -45,8 +45,10 @@ def register(
     base_ref: str | None,
     data: ExampleSet,
     metrics: dict[str, Any],
+    extra: dict[str, Any] | None = None,
 ) -> ModelRecord:
-    """Stage the adapter (or full model) with its provenance, then add it to the store."""
+    """Stage the adapter (or full model) with its provenance, then add it to the store; ``extra``
+    joins the recipe (e.g. the search that chose these settings)."""
     recipe = {
         "kind": "finetune",
         "base": base_ref or str(resolved.path),
@@ -56,6 +58,7 @@ def register(
         "truncated": data.truncated,
         "dropped": data.dropped,
         "config": config.model_dump(mode="json"),
+        **(extra or {}),
     }
     fmt = "hf" if config.method == "full" else "peft-adapter"
     parents = [base_ref] if base_ref else []

@@ -1,4 +1,11 @@
-"""The loss of one batch, and evaluation over a fixed set of batches."""
+"""The loss of one batch, and evaluation over a fixed set of batches.
+
+The vocabulary projection is the widest layer of a small model (SmolLM2-135M: 49,152 x 576)
+and cross-entropy over it is memory-bound, so the loss runs the decoder stack, keeps only the
+hidden states of positions that carry a target (answer tokens; padding and prompt tokens carry
+none) and projects just those. The numbers are those of the full forward; time and memory
+drop with the share of untrained positions.
+"""
 
 from __future__ import annotations
 
@@ -11,24 +18,52 @@ import torch
 from slmops.data.examples import IGNORE
 from slmops.train.batches import Batch
 
+# architectures whose causal-LM forward is exactly ``lm_head(model(...).last_hidden_state)``
+PLAIN_HEAD = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma3_text", "phi3", "olmo2", "smollm3"})
+
+
+def _decoder_and_head(model: Any) -> tuple[Any, Any] | None:
+    """The decoder stack and output projection of a causal LM (through a PEFT wrapper), or None
+    for other architectures, whose forward may do more (e.g. logit soft-capping or scaling)."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(lm, "config", None)
+    if getattr(config, "model_type", None) not in PLAIN_HEAD or getattr(config, "final_logit_softcapping", None):
+        return None
+    decoder = getattr(lm, "model", None)
+    head = lm.get_output_embeddings()
+    return (decoder, head) if decoder is not None and head is not None else None
+
 
 def token_loss_sum(model: Any, batch: Batch) -> torch.Tensor:
     """Summed cross-entropy over the batch's target tokens (the caller divides by the count,
-    so every trained token weighs the same across micro-batches and accumulation)."""
-    out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False)
-    logits = out.logits.float()
-    return torch.nn.functional.cross_entropy(
-        logits.view(-1, logits.shape[-1]), batch.targets.view(-1), ignore_index=IGNORE, reduction="sum"
-    )
+    so every trained token weighs the same across micro-batches, accumulation and processes)."""
+    parts = _decoder_and_head(model)
+    if parts is None:
+        out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False)
+        logits = out.logits.float()
+        return torch.nn.functional.cross_entropy(
+            logits.view(-1, logits.shape[-1]), batch.targets.view(-1), ignore_index=IGNORE, reduction="sum"
+        )
+    decoder, head = parts
+    hidden = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).last_hidden_state
+    keep = batch.targets != IGNORE
+    logits = head(hidden[keep]).float()
+    return torch.nn.functional.cross_entropy(logits, batch.targets[keep], reduction="sum")
 
 
 @torch.no_grad()
-def evaluate(model: Any, batches: Sequence[Batch]) -> float:
-    """Mean loss per target token over every evaluation batch (perplexity is its exp)."""
+def eval_sums(model: Any, batches: Sequence[Batch]) -> tuple[float, int]:
+    """Summed loss and target-token count over these batches."""
     was_training = model.training
     model.eval()
     total = sum(float(token_loss_sum(model, b)) for b in batches)
     count = sum(b.target_tokens for b in batches)
     if was_training:
         model.train()
+    return total, count
+
+
+def evaluate(model: Any, batches: Sequence[Batch]) -> float:
+    """Mean loss per target token over every evaluation batch (perplexity is its exp)."""
+    total, count = eval_sums(model, batches)
     return total / count if count else math.nan

@@ -1,0 +1,228 @@
+"""``slmops distill generate | train | report``: a thin layer over :mod:`slmops.distill`.
+
+Option help comes from the config fields (``GenerateConfig``, ``FinetuneConfig``), so the CLI,
+the YAML keys and the Python API never drift.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import BaseModel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from slmops.cli.common import JsonOpt, ThreadsOpt, console, err_console, human_size, open_store, print_json, status
+from slmops.cli.evaluate import render_table
+from slmops.cli.finetune import _ProgressBar
+from slmops.distill.config import GenerateConfig, make_generate_config
+from slmops.distill.generate import GenerateEvent, GenerateResult, run_generate
+from slmops.distill.report import distill_report
+from slmops.distill.train import run_train
+from slmops.evaluate.builtin import resolve_data
+from slmops.evaluate.run import default_report_dir
+from slmops.train import FinetuneConfig
+
+app = typer.Typer(help="Distill a task from a teacher into a small student: generate, train, report.",
+                  no_args_is_help=True)
+
+
+def _opt(model: type[BaseModel], field: str, *extra: str, **kw: Any) -> Any:
+    """An option named after a config field, with the field's description (and default) as help."""
+    flag = "--" + field.replace("_", "-")
+    names = (f"{flag}/--no-{flag[2:]}",) if kw.pop("flag", False) else (flag, *extra)
+    info = model.model_fields[field]
+    default = info.get_default(call_default_factory=True)
+    shown = f" [default: {default}]" if default not in (None, False, []) else ""
+    return typer.Option(*names, help=f"{info.description}{shown}", show_default=False, **kw)
+
+
+def _g(field: str, *extra: str, **kw: Any) -> Any:
+    return _opt(GenerateConfig, field, *extra, **kw)
+
+
+def _f(field: str, *extra: str, **kw: Any) -> Any:
+    return _opt(FinetuneConfig, field, *extra, **kw)
+
+
+@app.command("generate")
+def generate(
+    teacher: Annotated[str, _g("teacher")],
+    data: Annotated[str, _g("data", "-d")],
+    task: Annotated[str, _g("task", "-t")],
+    output: Annotated[Path, _g("output", "-o")],
+    input_field: Annotated[str | None, _g("input_field")] = None,
+    target_field: Annotated[str | None, _g("target_field")] = None,
+    labels: Annotated[str | None, _g("labels")] = None,
+    n: Annotated[int | None, _g("n")] = None,
+    temperature: Annotated[float | None, _g("temperature")] = None,
+    top_p: Annotated[float | None, _g("top_p")] = None,
+    max_tokens: Annotated[int | None, _g("max_tokens")] = None,
+    batch_size: Annotated[int | None, _g("batch_size")] = None,
+    concurrency: Annotated[int | None, _g("concurrency")] = None,
+    rps: Annotated[float | None, _g("rps")] = None,
+    resume: Annotated[bool, _g("resume")] = False,
+    system: Annotated[str | None, _g("system")] = None,
+    few_shot: Annotated[int | None, _g("few_shot")] = None,
+    cot: Annotated[bool, _g("cot")] = False,
+    recipe: Annotated[Path | None, _g("recipe")] = None,
+    regex: Annotated[str | None, _g("regex")] = None,
+    json_schema: Annotated[Path | None, _g("json_schema")] = None,
+    vote: Annotated[bool, _g("vote")] = False,
+    seed: Annotated[int | None, _g("seed")] = None,
+    threads: ThreadsOpt = None,
+    limit: Annotated[int | None, _g("limit")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stage 1: the teacher answers your input records; validated answers become synthetic data.
+
+    Records carry their text in 'prompt' (or --input-field, or chat 'messages') and may carry
+    a gold 'answer' (used for --few-shot examples and to infer the label set). The output is
+    append-only JSONL, fsynced per batch; rejected answers go to <stem>.rejected.jsonl with
+    their reason. Interrupted (even by kill -9)? Rerun with --resume: nothing is lost or
+    duplicated. A teacher URL (http://host:port/v1#model) is any OpenAI-compatible server.
+
+    Example: slmops distill generate --teacher smollm2-135m-instruct --data tickets.jsonl --task classification --labels billing,technical,account,other --output synthetic.jsonl
+    """  # noqa: E501
+    options = {k: v for k, v in locals().items() if k in GenerateConfig.model_fields}
+    config = make_generate_config(**options)
+    with _GenerateBar(enabled=not as_json) as bar:
+        result = run_generate(config, open_store(), progress=bar.update)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    console.print(filter_table(result))
+    console.print(
+        f"{result.counts.get('accepted', 0)} accepted records in {result.output}; rejects in {result.rejected_file}; "
+        f"{result.generated} samples generated now ({result.resumed} from earlier runs), "
+        f"{result.tokens_per_second:.1f} tokens/s"
+    )
+
+
+def filter_table(result: GenerateResult) -> Table:
+    table = Table(title=f"synthetic data: {result.inputs} inputs, {result.samples} samples", title_justify="left")
+    table.add_column("outcome")
+    table.add_column("records", justify="right")
+    table.add_column("share", justify="right")
+    total = sum(result.counts.values()) or 1
+    for reason, count in result.counts.items():
+        name = reason if reason == "accepted" else f"rejected: {reason}"
+        table.add_row(name, str(count), f"{100 * count / total:.1f}%")
+    if result.duplicate_inputs:
+        table.add_row("skipped: duplicate input", str(result.duplicate_inputs), "")
+    return table
+
+
+class _GenerateBar:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = Progress(TextColumn("[bold]distill generate"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("accepted {task.fields[ok]} rejected {task.fields[bad]}"), TimeElapsedColumn(),
+                            console=err_console, disable=not enabled)
+        self.task: Any = None
+
+    def __enter__(self) -> _GenerateBar:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(None, None, None)
+
+    def update(self, e: GenerateEvent) -> None:
+        if not self.enabled:
+            return
+        if e.kind == "status":
+            status(e.message)
+        elif e.kind == "start":
+            self.task = self.bar.add_task("gen", total=e.total, completed=e.done, ok=0, bad=0)
+        elif self.task is not None:
+            self.bar.update(self.task, completed=e.done, ok=e.accepted, bad=e.rejected)
+
+
+@app.command("train")
+def train(
+    student: Annotated[str, typer.Option("--student", "-m", help="Student model: store name, catalog name or path.")],
+    synthetic: Annotated[list[Path], typer.Option("--synthetic", "-s", help="Synthetic data file(s) from generate.")],
+    output: Annotated[str | None, typer.Option(
+        "--output", "-o", help="Store name for the distilled student (default: <student>-distilled).")] = None,
+    method: Annotated[str | None, _f("method")] = None,
+    max_steps: Annotated[int | None, _f("max_steps")] = None,
+    epochs: Annotated[float | None, _f("epochs")] = None,
+    lr: Annotated[float | None, _f("lr")] = None,
+    batch_size: Annotated[int | None, _f("batch_size")] = None,
+    grad_accum: Annotated[int | None, _f("grad_accum")] = None,
+    max_seq_len: Annotated[int | None, _f("max_seq_len")] = None,
+    truncation: Annotated[str | None, _f("truncation")] = None,
+    eval_split: Annotated[float | None, _f("eval_split")] = None,
+    lora_r: Annotated[int | None, _f("lora_r")] = None,
+    seed: Annotated[int | None, _f("seed")] = None,
+    resume: Annotated[bool | None, _f("resume", flag=True)] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of any finetune keys.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stage 2: fine-tune the student on the teacher's accepted answers and register it.
+
+    Accepted synthetic records become prompt/completion pairs, asked exactly as `slmops eval`
+    asks (so training and testing match), and train through the fine-tuning recipe (LoRA by
+    default; any `slmops finetune` key via --config). The teacher and the SHA-256 of each
+    synthetic file are recorded as the model's lineage.
+
+    Example: slmops distill train --student smollm2-135m-instruct --synthetic synthetic.jsonl --max-steps 100 --output support-student
+    """  # noqa: E501
+    overrides = {k: v for k, v in locals().items() if k in FinetuneConfig.model_fields and v is not None}
+    with _ProgressBar(enabled=not as_json) as bar:
+        result = run_train(student, synthetic, output, store=open_store(), progress=bar.update, config_file=config,
+                           **overrides)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    ft, lineage = result.finetune, result.lineage
+    console.print(
+        f"registered [bold]{result.record.ref}[/bold] ({result.record.format}): {ft.train_examples} examples from "
+        f"{lineage['records']} synthetic records of {lineage['teacher']}, {ft.steps} steps, train loss "
+        f"{ft.train_loss:.4f}, weights {human_size(ft.weight_bytes)}"
+    )
+
+
+@app.command("report")
+def report(
+    teacher: Annotated[str, typer.Option("--teacher", help="The teacher (the baseline of every percentage).")],
+    student: Annotated[list[str], typer.Option("--student", help="A student to compare (repeat for several).")],
+    data: Annotated[str, typer.Option("--data", "-d", help="Test set with gold answers, or builtin:NAME.")],
+    task: Annotated[str, typer.Option("--task", "-t", help="Task type of the test set (as for slmops eval).")],
+    labels: Annotated[str | None, typer.Option("--labels", help="Label set, comma-separated.")] = None,
+    input_field: Annotated[str, typer.Option("--input-field", help="Field holding the input text.")] = "prompt",
+    target_field: Annotated[str, typer.Option("--target-field", help="Field holding the gold answer.")] = "answer",
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", min=1, help="Most tokens per answer.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Records per generation batch.")] = 8,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N records.")] = None,
+    latency_samples: Annotated[int, typer.Option(
+        "--latency-samples", min=0, help="Requests timed one at a time for latency p50/p95.")] = 5,
+    threads: ThreadsOpt = None,
+    report_dir: Annotated[Path | None, typer.Option(
+        "--report-dir", help="Where report.json/.md/.html go (default: $SLMOPS_HOME/evals/...).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare the teacher with its students on a test set: quality, latency, memory, size.
+
+    Runs `slmops eval` with the teacher as the baseline and prints the numbers users quote:
+    inference time reduction, memory reduction and the share of the teacher's quality kept.
+
+    Example: slmops distill report --teacher smollm2-135m-instruct --student support-student:1 --data builtin:support-tickets --task classification
+    """  # noqa: E501
+    store = open_store()
+    out_dir = report_dir or default_report_dir(store, task, resolve_data(data)[1])
+    result = distill_report(
+        teacher, student, data, task, store=store, progress=status, labels=labels, input_field=input_field,
+        target_field=target_field, max_tokens=max_tokens, batch_size=batch_size, limit=limit,
+        latency_samples=latency_samples, threads=threads, report_dir=out_dir,
+    )
+    if as_json:
+        print_json(result.to_dict())
+        return
+    console.print(render_table(result.eval))
+    for s in result.students:
+        console.print(s.headline(result.primary_metric))
+    console.print(f"[dim]reports: {', '.join(result.eval.report_files.values())}[/dim]")

@@ -1,0 +1,120 @@
+"""``slmops optimize``: merge, convert (ONNX GenAI, GGUF), quantize, measure, register."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from slmops.cli.common import JsonOpt, console, err_console, human_size, open_store, print_json, status
+from slmops.optimize import optimize as run_optimize
+
+RefArg = Annotated[str, typer.Argument(help="Source model or adapter: name, name:version, name@alias or a path.")]
+
+
+def optimize(
+    ref: RefArg,
+    to: Annotated[str | None, typer.Option("--to", help="Target format: onnx (ONNX Runtime GenAI) or gguf.")] = None,
+    merge: Annotated[bool, typer.Option("--merge", help="Merge a PEFT adapter into its base model.")] = False,
+    precision: Annotated[
+        str | None, typer.Option("--precision", help="ONNX weights: fp32, fp16 (cuda), int8 or int4 (default).")
+    ] = None,
+    quant: Annotated[
+        str | None, typer.Option("--quant", help="GGUF weights: f16, q8_0 (default), q4_0 or q4_1.")
+    ] = None,
+    block_size: Annotated[int, typer.Option("--block-size", help="int4/int8 quantization block size.")] = 32,
+    symmetric: Annotated[
+        bool, typer.Option("--symmetric/--asymmetric", help="Symmetric (int) or asymmetric (uint) ONNX quantization.")
+    ] = True,
+    accuracy_level: Annotated[
+        int | None, typer.Option("--accuracy-level", help="int4/int8 MatMul compute: 1 fp32, 2 fp16, 3 bf16, 4 int8.")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="Execution provider the ONNX model is built for.")] = "cpu",
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Store name of the result (default: derived from the options).")
+    ] = None,
+    max_ppl_increase: Annotated[
+        float | None, typer.Option("--max-ppl-increase", help="Flag the result if perplexity rises more (percent).")
+    ] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse to register a flagged result (exit 2).")] = False,
+    ppl_text: Annotated[
+        Path | None, typer.Option("--ppl-text", help="Held-out text file for perplexity (default: built-in text).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Convert a model for deployment and register the result with its lineage.
+
+    --to onnx builds an ONNX Runtime GenAI model (onnxruntime-genai's model builder), --to gguf
+    writes a GGUF file for llama.cpp and Ollama, --merge folds an adapter into its base (an
+    adapter is merged automatically before --to). Every run measures size and perplexity on
+    held-out text against the source, stores them in the new model's metrics and prints them.
+
+    Example: slmops optimize smollm2-135m-instruct --to onnx --precision int4 --max-ppl-increase 10
+    """
+    result = run_optimize(
+        ref,
+        to=to,
+        merge=merge,
+        precision=precision,
+        quant=quant,
+        block_size=block_size,
+        symmetric=symmetric,
+        accuracy_level=accuracy_level,
+        device=device,
+        output=output,
+        max_ppl_increase=max_ppl_increase,
+        strict=strict,
+        ppl_text=ppl_text,
+        store=open_store(),
+        progress=status,
+    )
+    if as_json:
+        print_json(result.to_dict())
+        return
+    q = result.quality
+    table = Table(title=f"{result.source} -> {result.record.ref} ({result.record.format})")
+    for col in ("", "source", "result", "change"):
+        table.add_column(col, justify="right" if col else "left")
+    table.add_row("size", human_size(q.source_size_bytes), human_size(q.size_bytes), f"-{q.size_reduction_pct:.1f}%")
+    inc = q.perplexity_increase_pct
+    table.add_row(
+        f"perplexity ({q.tokens} tokens)",
+        _num(q.source_perplexity),
+        _num(q.perplexity),
+        "-" if inc is None else f"{inc:+.2f}%",
+    )
+    console.print(table)
+    if result.flagged:
+        err_console.print(
+            f"[bold yellow]flagged:[/bold yellow] perplexity rose more than {q.max_ppl_increase_pct}% "
+            f"(registered anyway; pass --strict to refuse)."
+        )
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def export(
+    ref: RefArg,
+    format: Annotated[str, typer.Option("--format", "-f", help="Bundle: foundry (ONNX), ollama (GGUF) or hf.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Bundle folder to create (must not exist).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a self-contained deployment bundle with a manifest (lineage, sha256 of every file).
+
+    foundry: the ONNX GenAI folder plus inference_model.json for Foundry Local; ollama: the
+    GGUF plus a Modelfile (chat TEMPLATE, stop, defaults) for `ollama create`; hf: a plain
+    Hugging Face folder.
+
+    Example: slmops export smollm2-135m-instruct-gguf-q8_0 --format ollama --output ./ollama-bundle
+    """
+    from slmops.optimize.bundle import export_bundle
+
+    manifest = export_bundle(ref, format, output, store=open_store())
+    if as_json:
+        print_json({"output": str(output), **manifest})
+        return
+    console.print(f"Wrote the {format} bundle of {manifest['ref']} to {output} ({len(manifest['files'])} files).")

@@ -1,0 +1,118 @@
+"""Stage 2: the student learns the teacher's accepted answers through the fine-tuning recipe.
+
+Accepted synthetic records become prompt/completion pairs (or chat ``messages`` for
+conversations), written to ``$SLMOPS_HOME/runs/distill-OUTPUT/train.jsonl``; then
+:func:`slmops.train.run` trains the student (LoRA, QLoRA or full) exactly as ``slmops finetune``
+would, with every finetune option available. The lineage (teacher, task, recipe hashes and the
+SHA-256 of each synthetic file) goes into the store record's metrics under ``distill``, into
+``distill.json`` in the run folder, and into the recipe itself once :func:`slmops.train.run`
+accepts ``recipe=`` (its ``finish`` step already joins such extras to the recorded recipe).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slmops.data.records import write_jsonl_atomic
+from slmops.distill.journal import read_lines
+from slmops.errors import DataError
+from slmops.models.refs import parse_ref, validate_name
+from slmops.models.store import ModelRecord, ModelStore
+from slmops.train import FinetuneResult, load_config
+from slmops.train import run as finetune_run
+from slmops.train.finetune import Progress
+from slmops.train.lineage import file_sha256
+
+
+@dataclass(frozen=True)
+class DistillTrainResult:
+    finetune: FinetuneResult
+    record: ModelRecord
+    train_file: Path
+    lineage: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.finetune.to_dict(), "record": self.record.to_dict(), "train_file": str(self.train_file),
+                "lineage": self.lineage}
+
+
+def training_record(line: dict[str, Any], where: str) -> dict[str, Any]:
+    """One accepted synthetic line as a finetune record: ``prompt``/``completion`` or ``messages``."""
+    if line.get("reason"):
+        raise DataError(f"{where}: a rejected record (reason {line['reason']!r}).",
+                        "Train on the accepted output file, not on the .rejected.jsonl side file.")
+    if isinstance(line.get("messages"), list):
+        return {"messages": line["messages"]}
+    if isinstance(line.get("prompt"), str) and isinstance(line.get("completion"), str):
+        return {"prompt": line["prompt"], "completion": line["completion"]}
+    raise DataError(f"{where}: no 'prompt'+'completion' or 'messages' (keys: {', '.join(line)}).",
+                    "Give the output of `slmops distill generate`.")
+
+
+def synthetic_examples(paths: Sequence[Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Training records from synthetic files, and their lineage."""
+    records: list[dict[str, Any]] = []
+    teachers: set[str] = set()
+    tasks: set[str] = set()
+    recipes: set[str] = set()
+    for path in paths:
+        if not path.is_file():
+            raise DataError(f"Synthetic data file {path} does not exist.", "Run `slmops distill generate` first.")
+        for lineno, line in read_lines(path, skip_torn=True):  # a torn tail is generate's to repair
+            records.append(training_record(line, f"{path}, line {lineno}"))
+            teachers.add(str(line.get("teacher")))
+            tasks.add(str(line.get("task")))
+            recipes.add(str(line.get("recipe")))
+    if not records:
+        raise DataError(f"{', '.join(map(str, paths))} hold no accepted records.",
+                        "Check the rejection counts of `slmops distill generate` (and its .rejected.jsonl file).")
+    lineage = {
+        "kind": "distill",
+        "teacher": sorted(teachers)[0] if len(teachers) == 1 else sorted(teachers),
+        "task": sorted(tasks)[0] if len(tasks) == 1 else sorted(tasks),
+        "recipes": sorted(recipes),
+        "synthetic": {str(p.resolve()): file_sha256(p) for p in paths},
+        "records": len(records),
+    }
+    return records, lineage
+
+
+def default_output(student: str) -> str:
+    parsed = parse_ref(student)
+    name = parsed.name if parsed.name else (parsed.path.name if parsed.path else "student")
+    return validate_name(re.sub(r"[^a-z0-9._-]+", "-", str(name).lower()).strip("-.")[:88] + "-distilled")
+
+
+def run_train(
+    student: str,
+    synthetic: Sequence[Path],
+    output: str | None = None,
+    *,
+    store: ModelStore | None = None,
+    progress: Progress | None = None,
+    config_file: Path | None = None,
+    **overrides: Any,
+) -> DistillTrainResult:
+    """Train ``student`` on the accepted records of ``synthetic``; ``overrides`` are
+    :class:`~slmops.train.FinetuneConfig` fields (``method``, ``max_steps``, ``lr``, ...)."""
+    store = store or ModelStore()
+    output = validate_name(output) if output else default_output(student)
+    records, lineage = synthetic_examples(synthetic)
+    run_dir = store.home / "runs" / f"distill-{output}"
+    train_file = run_dir / "train.jsonl"
+    config = load_config(config_file, {**overrides, "model": student, "data": [train_file], "output": output})
+    write_jsonl_atomic(train_file, records)  # after every option was validated
+    lineage = {**lineage, "train_file": str(train_file), "train_sha256": file_sha256(train_file)}
+    (run_dir / "distill.json").write_text(json.dumps(lineage, indent=2) + "\n", encoding="utf-8")
+    if "recipe" in inspect.signature(finetune_run).parameters:  # the recipe records the lineage itself
+        result = finetune_run(config, store, progress, recipe={"distill": lineage})
+    else:
+        result = finetune_run(config, store, progress)
+    record = store.update_metrics(result.record.ref, {"distill": lineage})
+    return DistillTrainResult(result, record, train_file, lineage)

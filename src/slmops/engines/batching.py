@@ -1,0 +1,291 @@
+"""Step-level decoding for continuous batching.
+
+A :class:`DecodeBatch` holds the rows being generated, their KV cache and attention mask.
+Requests join with :meth:`DecodeBatch.add` and leave when they finish or are cancelled; each
+:meth:`DecodeBatch.step` is one step boundary:
+
+1. rows cancelled since the last step leave the batch (and the cache);
+2. one forward pass feeds every running row the token it sampled last step;
+3. newcomers are prefilled together (left-padded) and their cache is left-pad-merged into
+   the running cache, so rows of different lengths share one batch;
+4. one token is sampled per row with that row's own RNG (a seeded request gives the same
+   text alone or in a batch); finished rows leave.
+
+Every row's real tokens stay right-aligned, so the mask is plain left padding throughout;
+columns that are padding for every row are trimmed when rows leave. Caches whose layers are
+not plain :class:`~transformers.cache_utils.DynamicLayer` (sliding windows) cannot be merged;
+newcomers then wait until the batch drains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from slmops.engines.base import FinishReason, GenerationParams, GenerationRequest
+from slmops.engines.text import IncrementalDecoder, StopMatcher
+from slmops.errors import EngineError
+
+if TYPE_CHECKING:
+    from slmops.engines.base import Engine, StreamChunk
+    from slmops.engines.torch_engine import TorchEngine
+
+
+@dataclass(frozen=True)
+class BatchEvent:
+    """Text a row may emit after one step; the row's last event carries ``finish_reason``
+    and its token counts (``completion_tokens`` counts the end-of-turn token, as OpenAI does)."""
+
+    id: int
+    text: str
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class _Row:
+    id: int
+    prompt: list[int]
+    params: GenerationParams
+    max_new: int
+    decoder: IncrementalDecoder
+    stops: StopMatcher
+    generator: torch.Generator
+    finish: FinishReason | None = None
+    completion_tokens: int = 0
+    last_token: int = -1
+    adapter: str | None = None
+
+    def advance(self, token: int, eos_ids: set[int]) -> str:
+        """Feed one sampled token; returns the text this row may emit now."""
+        self.completion_tokens += 1
+        self.last_token = token
+        if token in eos_ids:
+            self.finish = "stop"
+            return self.stops.flush()
+        text = self.stops.feed(self.decoder.push(token))
+        if self.stops.stopped:
+            self.finish = "stop"
+        elif self.completion_tokens >= self.max_new:
+            self.finish = "length"
+            text += self.stops.flush()
+        return text
+
+    def event(self, text: str) -> BatchEvent:
+        if self.finish is None:
+            return BatchEvent(self.id, text)
+        return BatchEvent(self.id, text, self.finish, len(self.prompt), self.completion_tokens)
+
+
+def sample(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
+    """One token per row: greedy for temperature 0, else nucleus sampling with the row's RNG."""
+    logits = logits.float()
+    out = logits.argmax(dim=-1)
+    for slot, row in enumerate(rows):
+        p = row.params
+        if p.temperature <= 0:
+            continue
+        probs = torch.softmax(logits[slot] / p.temperature, dim=-1)
+        if p.top_p < 1.0:
+            sorted_p, order = probs.sort(descending=True)
+            cum = sorted_p.cumsum(0)
+            sorted_p[(cum - sorted_p) > p.top_p] = 0.0
+            probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
+        out[slot] = torch.multinomial(probs, 1, generator=row.generator)[0]
+    return out
+
+
+def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def _mergeable(cache: Any) -> bool:
+    from transformers.cache_utils import DynamicLayer
+
+    return all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
+
+
+class DecodeBatch:
+    """A running batch of a :class:`TorchEngine`; used from one thread at a time."""
+
+    def __init__(self, engine: TorchEngine) -> None:
+        self.engine = engine
+        self._rows: list[_Row] = []  # in cache order
+        self._pending: list[_Row] = []
+        self._cancelled: set[int] = set()
+        self._cache: Any = None
+        self._mask = torch.zeros((0, 0), dtype=torch.long)
+        self._last_pos = torch.zeros((0,), dtype=torch.long)
+        self._next_id = 0
+
+    def __len__(self) -> int:
+        return len(self._rows) + len(self._pending)
+
+    @property
+    def running(self) -> int:
+        return len(self._rows)
+
+    def add(self, request: GenerationRequest, prompt_ids: list[int] | None = None) -> int:
+        """Queue a request to join at the next step; returns its id. Raises :class:`EngineError`
+        for a prompt that leaves no room in the context window."""
+        self.engine.check_adapter(request.adapter)
+        prompt = list(prompt_ids) if prompt_ids is not None else self.engine.prompt_ids(request)
+        room = self.engine.context_length - len(prompt)
+        if room < 1 or not prompt:
+            raise EngineError(
+                f"The prompt has {len(prompt)} tokens but the model's context window is {self.engine.context_length}.",
+                "Shorten the prompt.",
+            )
+        params = request.params
+        gen = torch.Generator().manual_seed(params.seed if params.seed is not None else torch.seed())
+        tok = self.engine.tokenizer
+        decoder = IncrementalDecoder(lambda ids: tok.decode(ids, skip_special_tokens=True))
+        rid, self._next_id = self._next_id, self._next_id + 1
+        row = _Row(rid, prompt, params, min(params.max_tokens, room), decoder, StopMatcher(params.stop), gen)
+        row.adapter = request.adapter
+        self._pending.append(row)
+        return rid
+
+    def cancel(self, rid: int) -> None:
+        """The row leaves the batch at the next step boundary and emits nothing more."""
+        self._cancelled.add(rid)
+
+    @torch.inference_mode()
+    def step(self) -> list[BatchEvent]:
+        if self._cancelled:
+            self._pending = [r for r in self._pending if r.id not in self._cancelled]
+            self._keep([s for s, r in enumerate(self._rows) if r.id not in self._cancelled])
+            self._cancelled.clear()
+        logits = self._forward_running()
+        if self._pending and (not self._rows or _mergeable(self._cache)):
+            newcomers, self._pending = self._pending, []
+            logits = torch.cat([logits, self._prefill(newcomers)]) if logits is not None else self._prefill(newcomers)
+        if logits is None:
+            return []
+        tokens = sample(logits, self._rows)
+        eos = self.engine.eos_ids
+        events = [row.event(row.advance(int(t), eos)) for row, t in zip(self._rows, tokens.tolist(), strict=True)]
+        self._keep([s for s, r in enumerate(self._rows) if r.finish is None])
+        return events
+
+    # -- internals ---------------------------------------------------------------------------
+    def _forward_running(self) -> torch.Tensor | None:
+        if not self._rows:
+            return None
+        n = len(self._rows)
+        tokens = torch.tensor([[r.last_token] for r in self._rows], dtype=torch.long)
+        self._mask = torch.cat([self._mask, torch.ones((n, 1), dtype=torch.long)], dim=1)
+        self._last_pos = self._last_pos + 1
+        out = self.engine.model(
+            input_ids=tokens,
+            attention_mask=self._mask,
+            position_ids=self._last_pos[:, None],
+            cache=self._cache,
+            use_cache=True,
+            **self.engine.forward_kwargs([r.adapter for r in self._rows]),
+        )
+        self._cache = out.cache
+        return out.logits[:, -1, :]
+
+    def _prefill(self, rows: list[_Row]) -> torch.Tensor:
+        width = max(len(r.prompt) for r in rows)
+        input_ids = torch.full((len(rows), width), self.engine.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            input_ids[i, width - len(r.prompt) :] = torch.tensor(r.prompt, dtype=torch.long)
+            mask[i, width - len(r.prompt) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.engine.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            **self.engine.forward_kwargs([r.adapter for r in rows]),
+        )
+        if self._rows:
+            self._merge(out.cache, mask)
+        else:
+            self._cache, self._mask = out.cache, mask
+        self._last_pos = torch.cat([self._last_pos, positions[:, -1]])
+        self._rows.extend(rows)
+        return out.logits[:, -1, :]
+
+    def _merge(self, cache: Any, mask: torch.Tensor) -> None:
+        """Left-pad the running cache or the newcomers' cache to a common length and stack them."""
+        width = max(self._mask.shape[1], mask.shape[1])
+        for mine, theirs in zip(self._cache.layers, cache.layers, strict=True):
+            mine.keys = torch.cat([_left_pad(mine.keys, width, 2), _left_pad(theirs.keys, width, 2)])
+            mine.values = torch.cat([_left_pad(mine.values, width, 2), _left_pad(theirs.values, width, 2)])
+        self._mask = torch.cat([_left_pad(self._mask, width, 1), _left_pad(mask, width, 1)])
+
+    def _keep(self, slots: list[int]) -> None:
+        """Keep only these rows (in order); trim columns that are padding for every row left."""
+        if len(slots) == len(self._rows):
+            return
+        self._rows = [self._rows[s] for s in slots]
+        if not self._rows:
+            self._cache, self._mask, self._last_pos = None, self._mask[:0, :0], self._last_pos[:0]
+            return
+        idx = torch.tensor(slots, dtype=torch.long)
+        self._cache.batch_select_indices(idx)
+        self._mask, self._last_pos = self._mask[idx], self._last_pos[idx]
+        used = self._mask.any(dim=0).nonzero()
+        start = int(used[0]) if len(used) else 0
+        if start > 0 and _mergeable(self._cache):
+            for layer in self._cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
+            self._mask = self._mask[:, start:]
+
+
+class StreamBatch:
+    """The same step interface over any :class:`Engine` without one (remote, ONNX): each step
+    takes one chunk from every request's stream in turn, so requests interleave."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._streams: dict[int, tuple[Iterator[StreamChunk], int]] = {}
+        self._next_id = 0
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    @property
+    def running(self) -> int:
+        return len(self._streams)
+
+    def add(self, request: GenerationRequest, prompt_ids: list[int] | None = None) -> int:
+        rid, self._next_id = self._next_id, self._next_id + 1
+        self._streams[rid] = (iter(self.engine.stream(request)), len(prompt_ids or ()))
+        return rid
+
+    def cancel(self, rid: int) -> None:
+        entry = self._streams.pop(rid, None)
+        if entry is not None and hasattr(entry[0], "close"):
+            entry[0].close()  # type: ignore[union-attr]
+
+    def step(self) -> list[BatchEvent]:
+        events = []
+        for rid, (it, _) in list(self._streams.items()):
+            chunk = next(it, None)
+            if chunk is None or chunk.finish_reason is not None:
+                del self._streams[rid]
+                chunk = chunk or _final_chunk()
+            events.append(
+                BatchEvent(rid, chunk.text, chunk.finish_reason, chunk.prompt_tokens, chunk.completion_tokens)
+            )
+        return events
+
+
+def _final_chunk() -> StreamChunk:
+    from slmops.engines.base import StreamChunk
+
+    return StreamChunk("", finish_reason="stop")

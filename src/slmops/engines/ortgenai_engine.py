@@ -1,0 +1,210 @@
+"""The ONNX Runtime GenAI engine: runs a model folder made by onnxruntime-genai's builder
+(``slmops optimize --to onnx``) with the same semantics as the torch engine.
+
+Prompts are built with the model's Hugging Face tokenizer and chat template (so both
+engines see identical token ids), text is assembled with the shared incremental decoder and
+stop matcher, and a row ends at any of ``genai_config.json``'s end-of-sequence ids (the
+optimizer writes the chat template's end-of-turn ids there). Greedy requests run together in
+one right-padded batch; a sampling request runs on its own generator seeded with its seed, so
+the same seed gives the same text alone or next to other requests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slmops.engines.base import (
+    Engine,
+    FinishReason,
+    GenerationParams,
+    GenerationRequest,
+    GenerationResult,
+    StreamChunk,
+)
+from slmops.engines.text import IncrementalDecoder, StopMatcher
+from slmops.engines.torch_engine import TorchEngine
+from slmops.errors import EngineError, InvalidModelError
+
+
+@dataclass
+class _Row:
+    index: int
+    prompt: list[int]
+    params: GenerationParams
+    max_new: int
+    decoder: IncrementalDecoder
+    stops: StopMatcher
+    pieces: list[str] = field(default_factory=list)
+    completion_tokens: int = 0
+    finish: FinishReason | None = None
+    finished_at: float = 0.0
+
+
+def _load_og() -> Any:
+    try:
+        import onnxruntime_genai as og
+    except ImportError as exc:
+        raise EngineError(
+            f"Running ONNX GenAI models needs onnxruntime-genai ({exc}).", "Install it: pip install onnxruntime-genai"
+        ) from exc
+    return og
+
+
+class OrtGenAIEngine(Engine):
+    name = "onnx-genai"
+
+    # the chat template and raw-prompt handling are the torch engine's (one implementation)
+    prompt_ids = TorchEngine.prompt_ids
+
+    def __init__(self, path: Path, *, threads: int | None = None, max_batch_size: int = 16) -> None:
+        from slmops.models.loader import load_tokenizer
+
+        og = _load_og()
+        cfg_path = path / "genai_config.json"
+        if not cfg_path.exists():
+            raise InvalidModelError(f"{path} has no genai_config.json.", "Rebuild it with `slmops optimize --to onnx`.")
+        genai = json.loads(cfg_path.read_text(encoding="utf-8"))["model"]
+        config = og.Config(str(path))
+        config.clear_providers()  # CPU; a CUDA build keeps its provider only when the runtime has one
+        for provider in genai["decoder"]["session_options"].get("provider_options", []):
+            for name in provider:
+                if name == "cuda" and os.environ.get("SLMOPS_ORT_CUDA"):
+                    config.append_provider(name)
+        if threads:
+            overlay = {"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}
+            config.overlay(json.dumps(overlay))
+        try:
+            self._og, self.og_model = og, og.Model(config)
+        except Exception as exc:  # onnxruntime raises RuntimeError/OrtException for a bad file
+            raise InvalidModelError(f"Could not load the ONNX model at {path} ({exc}).", "Rebuild it.") from exc
+        self.path = path
+        self.tokenizer = load_tokenizer(path)
+        eos = genai.get("eos_token_id")
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        pad = genai.get("pad_token_id")
+        self.pad_id = int(pad if pad is not None else min(self.eos_ids, default=0))
+        self.context_length = int(genai.get("context_length") or 1 << 30)
+        self.max_batch_size = max_batch_size
+
+    def count_tokens(self, request: GenerationRequest) -> int:
+        return len(self.prompt_ids(request))
+
+    # -- public API ------------------------------------------------------------------------
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        t0 = time.perf_counter()
+        rows: dict[int, _Row] = {}
+        for row, _text in self._run(requests):
+            rows[row.index] = row
+        return [
+            GenerationResult(
+                text="".join(r.pieces),
+                prompt_tokens=len(r.prompt),
+                completion_tokens=r.completion_tokens,
+                finish_reason=r.finish or "length",
+                seconds=r.finished_at - t0,
+            )
+            for r in (rows[i] for i in range(len(requests)))
+        ]
+
+    def stream(self, request: GenerationRequest) -> Iterator[StreamChunk]:
+        for row, text in self._run([request]):
+            if text:
+                yield StreamChunk(text)
+            if row.finish is not None:
+                yield StreamChunk(
+                    "", finish_reason=row.finish, prompt_tokens=len(row.prompt), completion_tokens=row.completion_tokens
+                )
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits for every position of one token sequence (``[len(ids), vocab]``), for scoring."""
+        params = self._og.GeneratorParams(self.og_model)
+        params.set_search_options(max_length=min(len(ids) + 1, self.context_length), batch_size=1)
+        gen = self._og.Generator(self.og_model, params)
+        gen.append_tokens(np.asarray([ids], dtype=np.int32))
+        return np.asarray(gen.get_output("logits"), dtype=np.float32)[0]
+
+    # -- the decode loop ---------------------------------------------------------------------
+    def _new_row(self, index: int, request: GenerationRequest) -> _Row:
+        prompt = self.prompt_ids(request)
+        room = self.context_length - len(prompt)
+        if room < 1:
+            raise EngineError(
+                f"The prompt has {len(prompt)} tokens but the model's context window is {self.context_length}.",
+                "Shorten the prompt.",
+            )
+        decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+        max_new = min(request.params.max_tokens, room)
+        return _Row(
+            index, prompt, request.params, max_new, IncrementalDecoder(decode), StopMatcher(request.params.stop)
+        )
+
+    def _run(self, requests: Sequence[GenerationRequest]) -> Iterator[tuple[_Row, str]]:
+        rows = [self._new_row(i, r) for i, r in enumerate(requests)]  # validates every prompt first
+        greedy = [r for r in rows if r.params.temperature <= 0]
+        groups = [greedy[i : i + self.max_batch_size] for i in range(0, len(greedy), self.max_batch_size)]
+        groups += [[r] for r in rows if r.params.temperature > 0]
+        for group in groups:
+            yield from self._decode(group)
+
+    def _decode(self, rows: list[_Row]) -> Iterator[tuple[_Row, str]]:
+        width = max(len(r.prompt) for r in rows)
+        tokens = np.full((len(rows), width), self.pad_id, dtype=np.int32)
+        for i, r in enumerate(rows):  # right padding: what the runtime's batching expects
+            tokens[i, : len(r.prompt)] = r.prompt
+        p = rows[0].params
+        options: dict[str, Any] = {
+            "batch_size": len(rows),
+            "max_length": min(self.context_length, width + max(r.max_new for r in rows)),
+            "do_sample": p.temperature > 0,
+        }
+        if p.temperature > 0:
+            seed = p.seed if p.seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
+            options.update(temperature=p.temperature, top_p=p.top_p, top_k=0, random_seed=seed)
+        params = self._og.GeneratorParams(self.og_model)
+        params.set_search_options(**options)
+        gen = self._og.Generator(self.og_model, params)
+        gen.append_tokens(tokens)
+        active = list(range(len(rows)))
+        while active:
+            if gen.is_done():  # the runtime's length limit: whoever is left ran out of room
+                for slot in active:
+                    tail = self._finish(rows[slot], "length")
+                    rows[slot].pieces.append(tail)
+                    yield rows[slot], tail
+                return
+            gen.generate_next_token()
+            next_tokens = gen.get_next_tokens()
+            for slot in list(active):
+                row = rows[slot]
+                text = self._advance(row, int(next_tokens[slot]))
+                if row.finish is not None:
+                    active.remove(slot)
+                yield row, text
+
+    def _advance(self, row: _Row, token: int) -> str:
+        """Feed one generated token to a row; returns the text it may emit now."""
+        row.completion_tokens += 1  # counts the end-of-turn token too, as the torch engine does
+        if token in self.eos_ids:
+            text = self._finish(row, "stop")
+        else:
+            text = row.stops.feed(row.decoder.push(token))
+            if row.stops.stopped:
+                text += self._finish(row, "stop")
+            elif row.completion_tokens >= row.max_new:
+                text += self._finish(row, "length")
+        row.pieces.append(text)
+        return text
+
+    @staticmethod
+    def _finish(row: _Row, reason: FinishReason) -> str:
+        """Mark the row finished; returns the held-back text it may still emit."""
+        row.finish, row.finished_at = reason, time.perf_counter()
+        return row.stops.flush()

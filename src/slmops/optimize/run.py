@@ -1,0 +1,246 @@
+"""``slmops optimize``: merge an adapter, convert to ONNX GenAI or GGUF, measure, register.
+
+Reads top to bottom: validate every option at once, resolve the source, bring it to a
+Hugging Face folder (merging an adapter, dequantizing a GGUF), convert, measure size and
+perplexity against the source, apply the quality gate, register with lineage. Everything is
+built in staging folders, so a failure or a refused conversion leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from slmops.errors import SlmopsError
+from slmops.models.artifacts import disk_errors, inspect, require_free_space, write_provenance
+from slmops.models.pull import Progress, gguf_to_hf
+from slmops.models.refs import validate_name
+from slmops.models.resolve import ResolvedModel, resolve
+from slmops.models.store import ModelRecord, ModelStore, folder_size
+from slmops.optimize import quality
+from slmops.optimize.gguf_export import GGUF_QUANTS, write_gguf
+from slmops.optimize.merge import merge_adapter
+from slmops.optimize.onnx_export import build_onnx, check_onnx_options
+
+TARGETS = ("onnx", "gguf")
+
+
+class QualityGateError(SlmopsError):
+    """A conversion lost more quality than ``--max-ppl-increase`` allows under ``--strict``."""
+
+
+@dataclass(frozen=True)
+class OptimizeConfig:
+    """Every option of one optimize run; CLI flag = Python argument (``--block-size`` = ``block_size``)."""
+
+    to: str | None = None
+    merge: bool = False
+    precision: str | None = None  # onnx: fp32 | fp16 | int8 | int4 (default int4)
+    quant: str | None = None  # gguf: f16 | q8_0 | q4_0 | q4_1 (default q8_0)
+    block_size: int = 32
+    symmetric: bool = True
+    accuracy_level: int | None = None
+    device: str = "cpu"
+    output: str | None = None
+    max_ppl_increase: float | None = None  # percent
+    strict: bool = False
+    ppl_text: Path | None = None
+
+    @property
+    def effective_precision(self) -> str:
+        return self.precision or "int4"
+
+    @property
+    def effective_quant(self) -> str:
+        return self.quant or "q8_0"
+
+    def problems(self, source_format: str | None = None) -> list[str]:
+        p: list[str] = []
+        if self.to is not None and self.to not in TARGETS:
+            p.append(f"--to must be one of {', '.join(TARGETS)} (got {self.to!r})")
+        if self.to is None and not self.merge:
+            p.append("nothing to do: pass --to onnx, --to gguf or --merge")
+        if self.to != "onnx" and self.precision is not None:
+            p.append("--precision applies to --to onnx (use --quant for GGUF)")
+        if self.to != "gguf" and self.quant is not None:
+            p.append("--quant applies to --to gguf (use --precision for ONNX)")
+        if self.to == "onnx":
+            p += check_onnx_options(self.effective_precision, self.device, self.block_size, self.accuracy_level)
+        if self.to == "gguf" and self.effective_quant not in GGUF_QUANTS:
+            p.append(f"--quant must be one of {', '.join(GGUF_QUANTS)} (got {self.quant!r})")
+        if self.max_ppl_increase is not None and self.max_ppl_increase < 0:
+            p.append(f"--max-ppl-increase is a percentage >= 0 (got {self.max_ppl_increase})")
+        if self.strict and self.max_ppl_increase is None:
+            p.append("--strict needs --max-ppl-increase (the limit it enforces)")
+        if self.output is not None:
+            try:
+                validate_name(self.output, "--output name")
+            except SlmopsError as exc:
+                p.append(str(exc))
+        if source_format == "onnx-genai":
+            p.append("the source is already an ONNX GenAI model; optimize its Hugging Face or adapter source instead")
+        if self.merge and source_format not in (None, "peft-adapter"):
+            p.append(f"--merge needs a PEFT adapter, and the source is a {source_format} model")
+        return p
+
+    def suffix(self) -> str:
+        if self.to == "onnx":
+            parts = ["onnx", self.effective_precision]
+            if self.effective_precision in ("int4", "int8"):
+                parts += [f"b{self.block_size}"] if self.block_size != 32 else []
+                parts += [] if self.symmetric else ["asym"]
+            return "-".join(parts + (["cuda"] if self.device == "cuda" else []))
+        return f"gguf-{self.effective_quant}" if self.to == "gguf" else "merged"
+
+
+@dataclass(frozen=True)
+class OptimizeResult:
+    source: str
+    record: ModelRecord
+    quality: quality.Quality
+    recipe: dict[str, Any]
+
+    @property
+    def flagged(self) -> bool:
+        return self.quality.flagged
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "record": self.record.to_dict(),
+            "quality": self.quality.to_dict(),
+            "flagged": self.flagged,
+        }
+
+
+def _check(config: OptimizeConfig, source_format: str | None = None) -> None:
+    problems = config.problems(source_format)
+    if problems:
+        raise SlmopsError(
+            "Invalid optimize options: " + "; ".join(problems) + ".", "`slmops optimize --help` lists them."
+        )
+
+
+def default_output(source: ResolvedModel, config: OptimizeConfig) -> str:
+    base = source.record.name if source.record else re.sub(r"[^a-z0-9._-]+", "-", source.path.stem.lower())
+    base = base.strip("-._") or "model"
+    suffix = config.suffix()
+    return validate_name(f"{base[: 99 - len(suffix)]}-{suffix}")
+
+
+def _source_hf(
+    source: ResolvedModel, store: ModelStore, work: Path, say: Progress
+) -> tuple[Path, ResolvedModel | None]:
+    """A Hugging Face folder holding the source's weights, and the adapter's base (if any)."""
+    if source.format == "hf":
+        return source.path, None
+    if source.format == "gguf":
+        say(f"dequantizing {source.label} to float32 for conversion")
+        gguf_to_hf(Path(source.load_dir) / str(source.gguf_file), work / "hf")
+        return work / "hf", None
+    base_ref = source.record.base if source.record else None
+    if base_ref is None:
+        raise SlmopsError(
+            f"{source.label} is a PEFT adapter without a known base model.",
+            "Import it into the store with its base: `slmops models import PATH --name NAME --base BASE`.",
+        )
+    base = resolve(base_ref, store)
+    if base.format not in ("hf", "gguf"):
+        raise SlmopsError(f"The base of {source.label} ({base.label}) is a {base.format} artifact, not a model.")
+    say(f"merging adapter {source.label} into {base.label}")
+    merge_adapter(source.path, base.load_dir, work / "merged", base_gguf=base.gguf_file)
+    return work / "merged", base
+
+
+def _convert(config: OptimizeConfig, hf_dir: Path, out: Path, name: str, say: Progress) -> dict[str, Any]:
+    """Write the target artifact into ``out``; returns what the converter reports."""
+    if config.to == "onnx":
+        say(f"building ONNX GenAI {config.effective_precision} for {config.device} (onnxruntime-genai model builder)")
+        return build_onnx(
+            hf_dir,
+            out,
+            precision=config.effective_precision,
+            device=config.device,
+            block_size=config.block_size,
+            symmetric=config.symmetric,
+            accuracy_level=config.accuracy_level,
+            cache_dir=out.parent / "builder-cache",
+        )
+    if config.to == "gguf":
+        say(f"writing GGUF {config.effective_quant}")
+        out.mkdir(parents=True, exist_ok=True)
+        return write_gguf(hf_dir, out / f"{name}.gguf", config.effective_quant, name=name)
+    from slmops.models.artifacts import copy_artifact
+
+    copy_artifact(hf_dir, out, what="saving the merged model", where=out.parent)
+    return {}
+
+
+def optimize(
+    ref: str, *, store: ModelStore | None = None, progress: Progress | None = None, **options: Any
+) -> OptimizeResult:
+    """Optimize ``ref`` (see :class:`OptimizeConfig` for ``options``) and register the result."""
+    say = progress or (lambda _msg: None)
+    config = OptimizeConfig(**options)
+    _check(config)
+    text, text_label = quality.read_text(config.ppl_text)
+    store = store or ModelStore()
+    source = resolve(ref, store, progress=progress)
+    _check(config, source.format)
+    name = config.output or default_output(source, config)
+    source_size = folder_size(source.path)
+    require_free_space(store.home, 3 * source_size + 2**20, f"optimizing {source.label}")
+    with (
+        store.staging("optimize-work") as work,
+        store.staging("optimize") as stage,
+        disk_errors(f"optimizing {source.label}", store.home),
+    ):
+        hf_dir, base = _source_hf(source, store, work, say)
+        if base is not None:
+            source_size += folder_size(base.path)
+        details = _convert(config, hf_dir, stage / "model", name, say)
+        fmt, params = inspect(stage / "model")
+        say("measuring perplexity on held-out text: source, then result")
+        if config.to is None and base is not None:  # a plain merge is checked against base + adapter
+            src_ppl, _ = quality.score(
+                source.path, "peft-adapter", text, base_dir=base.load_dir, base_gguf=base.gguf_file
+            )
+        else:
+            src_ppl, _ = quality.score(hf_dir, "hf", text)
+        ppl, tokens = quality.score(stage / "model", fmt, text)
+        q = quality.Quality(
+            source_size, folder_size(stage / "model"), src_ppl, ppl, tokens, text_label, config.max_ppl_increase
+        )
+        if q.flagged and config.strict:
+            raise QualityGateError(
+                f"Not registered: perplexity rose {q.perplexity_increase_pct:.2f}% ({src_ppl:.3f} -> {ppl:.3f}), "
+                f"more than --max-ppl-increase {config.max_ppl_increase}%.",
+                "Use a higher precision (e.g. int8 or q8_0), a smaller --block-size, or raise the limit.",
+            )
+        parents = [source.record.ref] if source.record else []
+        recipe = {"kind": "optimize", "source": source.label, **_json_options(config), **details}
+        write_provenance(
+            stage / "model",
+            {"name": name, "format": fmt, "parents": parents, "recipe": recipe, "metrics": {"optimize": q.to_dict()}},
+        )
+        say(f"registering {name}")
+        record = store.add(
+            stage / "model",
+            name,
+            fmt,
+            parents=parents,
+            recipe=recipe,
+            metrics={"optimize": q.to_dict()},
+            parameters=params or None,
+        )
+    return OptimizeResult(source.label, record, q, recipe)
+
+
+def _json_options(config: OptimizeConfig) -> dict[str, Any]:
+    data = asdict(config)
+    data["precision"] = config.effective_precision if config.to == "onnx" else None
+    data["quant"] = config.effective_quant if config.to == "gguf" else None
+    data["ppl_text"] = str(config.ppl_text) if config.ppl_text else None
+    return data
