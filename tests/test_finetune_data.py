@@ -159,3 +159,38 @@ def test_batch_order_depends_only_on_seed_and_step(tmp_path, tok):
     seq = [[r[0].where for r in plan.micro_batch(k)] for k in range(8)]
     assert [[r[0].where for r in again.micro_batch(k)] for k in (5, 2, 7)] == [seq[5], seq[2], seq[7]]
     assert plan.per_epoch == 3 and seq[:3] != seq[3:6]
+
+
+def test_a_shared_prefix_runs_once_with_the_same_loss_and_gradients(tmp_path, tok, tiny_model_dir):
+    from slmops.models.loader import load_causal_lm
+    from slmops.train import steps
+
+    model, _ = load_causal_lm(tiny_model_dir)
+    model.train()
+    tickets = [("my card was charged twice", "billing"), ("the app crashes", "tech"), ("hello", "other")]
+    rows = [{"prompt": f"You are a router. Route this ticket to a team: {t}", "completion": a} for t, a in tickets]
+    examples = build_examples(write_jsonl(tmp_path / "r.jsonl", rows), tok, max_seq_len=128).examples
+    batch = collate([(e,) for e in examples], tok.pad_token_id)
+    assert batch.lengths == tuple(len(e) for e in examples)
+    assert steps._shared_prefix(model.model, batch) >= steps.MIN_SHARED  # chat template + instruction
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = steps.token_loss_sum(model, batch)
+        loss.backward()
+        return float(loss), [p.grad.clone() for p in model.parameters()]
+
+    shared = loss_and_grads()
+    calls = []
+    model.model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    steps.MIN_SHARED, saved = 10**6, steps.MIN_SHARED  # force the plain forward
+    try:
+        plain = loss_and_grads()
+    finally:
+        steps.MIN_SHARED = saved
+    assert len(calls) == 1 and steps._shared_prefix(model.model, collate([(examples[0],)], 0)) == 0
+    assert shared[0] == pytest.approx(plain[0], rel=1e-5)
+    for a, b in zip(shared[1], plain[1], strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    packed = collate(make_rows(examples, 128, packing=True, seed=0), tok.pad_token_id)
+    assert packed.lengths is None and steps._shared_prefix(model.model, packed) == 0

@@ -13,7 +13,14 @@ from slmops.errors import SlmopsError
 from slmops.models.artifacts import import_model
 from slmops.models.pull import sha256_file
 from slmops.optimize import optimize
-from slmops.optimize.bundle import FAMILIES, export_bundle, foundry_config, ollama_modelfile, template_family
+from slmops.optimize.bundle import (
+    FAMILIES,
+    default_system,
+    export_bundle,
+    foundry_config,
+    ollama_modelfile,
+    template_family,
+)
 
 
 def test_ollama_bundle_has_gguf_modelfile_and_manifest(store, tiny_model_dir: Path, tmp_path: Path):
@@ -41,6 +48,11 @@ def test_foundry_prompt_template_renders_like_the_chat_template(tiny_model_dir: 
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     ours = cfg["system"].replace("{Content}", "Be brief.") + cfg["prompt"].replace("{Content}", "Hi")
     assert ours == tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    from slmops.models.catalog import CHATML_TEMPLATE
+
+    assert default_system(CHATML_TEMPLATE, markers) == "You are a helpful AI assistant."
+    assert default_system(tok.chat_template, markers) is None
+    assert 'SYSTEM """Be kind."""' in ollama_modelfile("m.gguf", markers, {}, "Be kind.")
     modelfile = ollama_modelfile("m.gguf", FAMILIES["gemma"], {"temperature": 0})
     assert "<start_of_turn>model\n" in modelfile and "PARAMETER temperature 0" in modelfile
     with pytest.raises(SlmopsError, match="ChatML, Gemma"):

@@ -93,14 +93,17 @@ def test_seeded_sampling_is_reproducible_alone_or_in_a_batch(ort_engine):
     assert alone != other
 
 
-def test_int4_build_runs_and_is_smaller(onnx_fp32: Path, tiny_model_dir: Path, tmp_path: Path):
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_int4_build_runs_and_is_smaller(onnx_fp32: Path, tiny_model_dir: Path, tmp_path: Path, symmetric: bool):
     from slmops.engines.ortgenai_engine import OrtGenAIEngine
     from slmops.models.store import folder_size
 
     out = tmp_path / "int4"
-    build_onnx(tiny_model_dir, out, precision="int4", block_size=32, accuracy_level=4)
-    assert folder_size(out) < 0.5 * folder_size(onnx_fp32)
-    engine = OrtGenAIEngine(out, threads=1)
+    info = build_onnx(tiny_model_dir, out, precision="int4", block_size=32, symmetric=symmetric, accuracy_level=4)
+    assert f"is_symmetric={str(symmetric).lower()}" in info["builder_extra_options"]
+    assert "algo_config=k_quant_mixed" in info["builder_extra_options"]  # the int4 default
+    assert folder_size(out) < 0.6 * folder_size(onnx_fp32)
+    engine = OrtGenAIEngine(out, threads=1)  # asymmetric tied embeddings used to build an unloadable graph
     r = engine.generate([GenerationRequest.chat("Hi", GenerationParams(max_tokens=8))])[0]
     assert r.completion_tokens >= 1 and r.finish_reason in ("stop", "length")
 
@@ -134,3 +137,10 @@ def test_wrong_builder_eos_is_replaced_by_the_end_of_turn_ids(tiny_model_dir: Pa
     (onnx_dir / "genai_config.json").write_text(json.dumps({"model": {"eos_token_id": 0, "pad_token_id": 0}}))
     assert fix_eos_ids(onnx_dir, src) == [0, 2]  # the chat template ends turns with <|im_end|> (2)
     assert json.loads((onnx_dir / "genai_config.json").read_text())["model"]["eos_token_id"] == [0, 2]
+
+
+def test_asking_for_an_adapter_is_a_clear_error(ort_engine):
+    from slmops.errors import EngineError
+
+    with pytest.raises(EngineError, match="adapters merged"):
+        ort_engine.generate([GenerationRequest(prompt="Hi", adapter="qa")])

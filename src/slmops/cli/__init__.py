@@ -21,6 +21,7 @@ from slmops.cli import evaluate as evaluate_cmds
 from slmops.cli import finetune as finetune_cmds
 from slmops.cli import generate as generate_cmds
 from slmops.cli import models as models_cmds
+from slmops.cli import optimize as optimize_cmds
 from slmops.cli import serve as serve_cmds
 from slmops.cli.common import err_console
 from slmops.errors import SlmopsError
@@ -38,6 +39,8 @@ app.command("chat")(generate_cmds.chat)
 app.command("demo")(generate_cmds.demo)
 app.command("eval")(evaluate_cmds.eval_cmd)
 app.command("finetune")(finetune_cmds.finetune)
+app.command("optimize")(optimize_cmds.optimize)
+app.command("export")(optimize_cmds.export)
 app.command("serve")(serve_cmds.serve)
 app.add_typer(data_cmds.app, name="data")
 app.add_typer(distill_cmds.app, name="distill")

@@ -31,6 +31,10 @@ def optimize(
     accuracy_level: Annotated[
         int | None, typer.Option("--accuracy-level", help="int4/int8 MatMul compute: 1 fp32, 2 fp16, 3 bf16, 4 int8.")
     ] = None,
+    algorithm: Annotated[
+        str | None,
+        typer.Option("--algorithm", help="int4/int8 method: k_quant_mixed (int4 default), k_quant, rtn, rtn_last..."),
+    ] = None,
     device: Annotated[str, typer.Option("--device", help="Execution provider the ONNX model is built for.")] = "cpu",
     output: Annotated[
         str | None, typer.Option("--output", "-o", help="Store name of the result (default: derived from the options).")
@@ -62,6 +66,7 @@ def optimize(
         block_size=block_size,
         symmetric=symmetric,
         accuracy_level=accuracy_level,
+        algorithm=algorithm,
         device=device,
         output=output,
         max_ppl_increase=max_ppl_increase,

@@ -55,6 +55,11 @@ class LlamaCppEngine(Engine):
 
     # -- prompts ---------------------------------------------------------------------------
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
+        if getattr(request, "adapter", None):
+            raise EngineError(
+                f"Adapter {request.adapter!r} was asked for, but GGUF models run with adapters merged.",
+                "Merge it first: `slmops optimize ADAPTER --to gguf`.",
+            )
         if request.messages is None:
             return self.llm.tokenize(str(request.prompt).encode(), add_bos=True, special=False)
         if not self.chat_template:

@@ -133,6 +133,11 @@ class OrtGenAIEngine(Engine):
 
     # -- the decode loop ---------------------------------------------------------------------
     def _new_row(self, index: int, request: GenerationRequest) -> _Row:
+        if getattr(request, "adapter", None):
+            raise EngineError(
+                f"Adapter {request.adapter!r} was asked for, but ONNX GenAI models run with adapters merged.",
+                "Merge it first: `slmops optimize ADAPTER --to onnx`.",
+            )
         prompt = self.prompt_ids(request)
         room = self.context_length - len(prompt)
         if room < 1:

@@ -67,7 +67,17 @@ def foundry_config(name: str, m: TurnMarkers) -> dict[str, Any]:
     }
 
 
-def ollama_modelfile(gguf_name: str, m: TurnMarkers, defaults: dict[str, Any]) -> str:
+def default_system(chat_template: str, m: TurnMarkers) -> str | None:
+    """The system prompt a template adds when the chat has none (SmolLM2 names itself), or None."""
+    import jinja2
+
+    env = jinja2.Environment(undefined=jinja2.ChainableUndefined)
+    text = env.from_string(chat_template).render(messages=[{"role": "user", "content": "x"}], bos_token="")
+    head = f"{m.start}system{m.sep}"
+    return text[len(head) : text.index(m.end)] if text.startswith(head) and m.end in text else None
+
+
+def ollama_modelfile(gguf_name: str, m: TurnMarkers, defaults: dict[str, Any], system: str | None = None) -> str:
     """An Ollama ``Modelfile`` whose Go TEMPLATE renders a chat like the model's own template."""
     stop = m.end.strip()
     template = (
@@ -78,6 +88,7 @@ def ollama_modelfile(gguf_name: str, m: TurnMarkers, defaults: dict[str, Any]) -
         f"{m.start}{m.assistant_role}{m.sep}"
     )
     lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""', f'PARAMETER stop "{stop}"']
+    lines += [f'SYSTEM """{system}"""'] if system else []
     lines += [f"PARAMETER {k} {v}" for k, v in defaults.items()]
     return "\n".join(lines) + "\n"
 
@@ -117,9 +128,11 @@ def export_bundle(ref: str, fmt: str, out_dir: Path, *, store: ModelStore | None
     copy_artifact(src.path, stage, what=f"exporting {src.label}", where=stage.parent)
     name = src.record.name if src.record else src.path.stem
     if fmt != "hf":
-        _, markers = template_family(_chat_template(stage, stage / gguf_name if gguf_name else None))
+        template = _chat_template(stage, stage / gguf_name if gguf_name else None)
+        _, markers = template_family(template)
         if gguf_name:
-            (stage / "Modelfile").write_text(ollama_modelfile(gguf_name, markers, {"temperature": 0}))
+            system = default_system(str(template), markers)
+            (stage / "Modelfile").write_text(ollama_modelfile(gguf_name, markers, {"temperature": 0}, system))
         else:
             (stage / "inference_model.json").write_text(json.dumps(foundry_config(name, markers), indent=2) + "\n")
     manifest = {

@@ -22,7 +22,7 @@ from slmops.models.store import ModelRecord, ModelStore, folder_size
 from slmops.optimize import quality
 from slmops.optimize.gguf_export import GGUF_QUANTS, write_gguf
 from slmops.optimize.merge import merge_adapter
-from slmops.optimize.onnx_export import build_onnx, check_onnx_options
+from slmops.optimize.onnx_export import build_onnx, check_onnx_options, default_algorithm
 
 TARGETS = ("onnx", "gguf")
 
@@ -42,6 +42,7 @@ class OptimizeConfig:
     block_size: int = 32
     symmetric: bool = True
     accuracy_level: int | None = None
+    algorithm: str | None = None  # onnx int4/int8 method (default: k_quant_mixed for int4)
     device: str = "cpu"
     output: str | None = None
     max_ppl_increase: float | None = None  # percent
@@ -64,10 +65,14 @@ class OptimizeConfig:
             p.append("nothing to do: pass --to onnx, --to gguf or --merge")
         if self.to != "onnx" and self.precision is not None:
             p.append("--precision applies to --to onnx (use --quant for GGUF)")
+        if self.to != "onnx" and self.algorithm is not None:
+            p.append("--algorithm applies to --to onnx")
         if self.to != "gguf" and self.quant is not None:
             p.append("--quant applies to --to gguf (use --precision for ONNX)")
         if self.to == "onnx":
-            p += check_onnx_options(self.effective_precision, self.device, self.block_size, self.accuracy_level)
+            p += check_onnx_options(
+                self.effective_precision, self.device, self.block_size, self.accuracy_level, self.algorithm
+            )
         if self.to == "gguf" and self.effective_quant not in GGUF_QUANTS:
             p.append(f"--quant must be one of {', '.join(GGUF_QUANTS)} (got {self.quant!r})")
         if self.max_ppl_increase is not None and self.max_ppl_increase < 0:
@@ -166,6 +171,7 @@ def _convert(config: OptimizeConfig, hf_dir: Path, out: Path, name: str, say: Pr
             block_size=config.block_size,
             symmetric=config.symmetric,
             accuracy_level=config.accuracy_level,
+            algorithm=config.algorithm,
             cache_dir=out.parent / "builder-cache",
         )
     if config.to == "gguf":
@@ -242,5 +248,8 @@ def _json_options(config: OptimizeConfig) -> dict[str, Any]:
     data = asdict(config)
     data["precision"] = config.effective_precision if config.to == "onnx" else None
     data["quant"] = config.effective_quant if config.to == "gguf" else None
+    data["algorithm"] = (
+        (config.algorithm or default_algorithm(config.effective_precision)) if config.to == "onnx" else None
+    )
     data["ppl_text"] = str(config.ppl_text) if config.ppl_text else None
     return data

@@ -27,6 +27,7 @@ class Batch:
     position_ids: torch.Tensor  # (B, T), restarting per example
     targets: torch.Tensor  # (B, T), next-token targets, -100 where no loss
     tokens: int  # real (non-padding) tokens
+    lengths: tuple[int, ...] | None = None  # each row's length when every row holds one example (no packing)
 
     @property
     def target_tokens(self) -> int:
@@ -76,7 +77,9 @@ def collate(rows: Sequence[Row], pad_id: int) -> Batch:
             tgt[b, at : at + n - 1] = torch.tensor(e.labels[1:])
             at += n
         pos[b, at:] = torch.arange(width - at)  # padding: its own block
-    return Batch(ids, pos, tgt, sum(len(e) for row in rows for e in row))
+    single = all(len(row) == 1 for row in rows)
+    lengths = tuple(len(row[0]) for row in rows) if single else None
+    return Batch(ids, pos, tgt, sum(len(e) for row in rows for e in row), lengths)
 
 
 class BatchPlan:

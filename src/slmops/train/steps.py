@@ -5,6 +5,11 @@ and cross-entropy over it is memory-bound, so the loss runs the decoder stack, k
 hidden states of positions that carry a target (answer tokens; padding and prompt tokens carry
 none) and projects just those. The numbers are those of the full forward; time and memory
 drop with the share of untrained positions.
+
+When every row of a batch is one example and the rows start with the same tokens (a system
+prompt, a fixed instruction: the chat template alone often makes dozens), that shared prefix
+runs once and its keys and values are broadcast to every row, whose own tokens then attend to
+them: the same attention, with the prefix computed once instead of once per row.
 """
 
 from __future__ import annotations
@@ -45,7 +50,9 @@ def token_loss_sum(model: Any, batch: Batch) -> torch.Tensor:
             logits.view(-1, logits.shape[-1]), batch.targets.view(-1), ignore_index=IGNORE, reduction="sum"
         )
     decoder, head = parts
-    hidden = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).last_hidden_state
+    hidden = _hidden_shared(decoder, batch) if _shared_prefix(decoder, batch) else None
+    if hidden is None:
+        hidden = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).last_hidden_state
     keep = batch.targets != IGNORE
     logits = head(hidden[keep]).float()
     return torch.nn.functional.cross_entropy(logits, batch.targets[keep], reduction="sum")
@@ -67,3 +74,36 @@ def evaluate(model: Any, batches: Sequence[Batch]) -> float:
     """Mean loss per target token over every evaluation batch (perplexity is its exp)."""
     total, count = eval_sums(model, batches)
     return total / count if count else math.nan
+
+
+MIN_SHARED = 8  # shorter shared prefixes are not worth a second pass
+
+
+def _shared_prefix(decoder: Any, batch: Batch) -> int:
+    """Tokens (ids and positions) that every row starts with, when worth sharing; else 0."""
+    if batch.lengths is None or len(batch.lengths) < 2 or getattr(decoder, "gradient_checkpointing", False):
+        return 0
+    ids, pos = batch.input_ids, batch.position_ids
+    same = ((ids == ids[:1]) & (pos == pos[:1])).all(dim=0)
+    shared = min(int(same.int().cumprod(0).sum()), min(batch.lengths) - 1)
+    return shared if shared >= MIN_SHARED else 0
+
+
+def _hidden_shared(decoder: Any, batch: Batch) -> torch.Tensor | None:
+    """Hidden states of the whole batch, computing the shared prefix once (None if the cache
+    cannot be shared, e.g. sliding-window layers)."""
+    from transformers.cache_utils import DynamicLayer
+
+    n = _shared_prefix(decoder, batch)
+    rows = batch.input_ids.shape[0]
+    ids, pos = batch.input_ids, batch.position_ids
+    head = decoder(input_ids=ids[:1, :n], position_ids=pos[:1, :n], use_cache=True)
+    cache = head.cache
+    if cache is None or any(type(layer) is not DynamicLayer for layer in cache.layers):
+        return None
+    for layer in cache.layers:  # every row sees the same prefix keys and values (gradients add up)
+        layer.keys = layer.keys.expand(rows, -1, -1, -1)
+        layer.values = layer.values.expand(rows, -1, -1, -1)
+    mask = (torch.arange(ids.shape[1])[None, :] < torch.tensor(batch.lengths)[:, None]).long()
+    tail = decoder(input_ids=ids[:, n:], position_ids=pos[:, n:], attention_mask=mask, cache=cache, use_cache=True)
+    return torch.cat([head.last_hidden_state.expand(rows, -1, -1), tail.last_hidden_state], dim=1)
