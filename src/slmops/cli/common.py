@@ -7,6 +7,7 @@ import json
 from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel
 from rich.console import Console
 
 from slmops.engines.base import GenerationParams
@@ -29,6 +30,17 @@ def make_params(max_tokens: int, temperature: float, top_p: float, stop: list[st
     return GenerationParams(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=tuple(stop or ()), seed=seed
     )
+
+
+def config_option(model: type[BaseModel], field: str, *extra: str, **kw: Any) -> Any:
+    """A typer option named after a config field (flag = YAML key = Python argument), whose help
+    is the field's description plus its default; ``flag=True`` makes a ``--x/--no-x`` switch."""
+    flag = "--" + field.replace("_", "-")
+    names = (f"{flag}/--no-{flag[2:]}",) if kw.pop("flag", False) else (flag, *extra)
+    info = model.model_fields[field]
+    default = None if info.is_required() else info.get_default(call_default_factory=True)
+    shown = f" [default: {default}]" if default not in (None, False, [], ()) else ""
+    return typer.Option(*names, help=f"{info.description}{shown}", show_default=False, **kw)
 
 
 def open_store() -> ModelStore:

@@ -10,11 +10,20 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import BaseModel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from slmops.cli.common import JsonOpt, ThreadsOpt, console, err_console, human_size, open_store, print_json, status
+from slmops.cli.common import (
+    JsonOpt,
+    ThreadsOpt,
+    config_option,
+    console,
+    err_console,
+    human_size,
+    open_store,
+    print_json,
+    status,
+)
 from slmops.cli.evaluate import render_table
 from slmops.cli.finetune import _ProgressBar
 from slmops.distill.config import GenerateConfig, make_generate_config
@@ -25,26 +34,17 @@ from slmops.evaluate.builtin import resolve_data
 from slmops.evaluate.run import default_report_dir
 from slmops.train import FinetuneConfig
 
-app = typer.Typer(help="Distill a task from a teacher into a small student: generate, train, report.",
-                  no_args_is_help=True)
-
-
-def _opt(model: type[BaseModel], field: str, *extra: str, **kw: Any) -> Any:
-    """An option named after a config field, with the field's description (and default) as help."""
-    flag = "--" + field.replace("_", "-")
-    names = (f"{flag}/--no-{flag[2:]}",) if kw.pop("flag", False) else (flag, *extra)
-    info = model.model_fields[field]
-    default = info.get_default(call_default_factory=True)
-    shown = f" [default: {default}]" if default not in (None, False, []) else ""
-    return typer.Option(*names, help=f"{info.description}{shown}", show_default=False, **kw)
+app = typer.Typer(
+    help="Distill a task from a teacher into a small student: generate, train, report.", no_args_is_help=True
+)
 
 
 def _g(field: str, *extra: str, **kw: Any) -> Any:
-    return _opt(GenerateConfig, field, *extra, **kw)
+    return config_option(GenerateConfig, field, *extra, **kw)
 
 
 def _f(field: str, *extra: str, **kw: Any) -> Any:
-    return _opt(FinetuneConfig, field, *extra, **kw)
+    return config_option(FinetuneConfig, field, *extra, **kw)
 
 
 @app.command("generate")
@@ -118,9 +118,15 @@ def filter_table(result: GenerateResult) -> Table:
 class _GenerateBar:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self.bar = Progress(TextColumn("[bold]distill generate"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("accepted {task.fields[ok]} rejected {task.fields[bad]}"), TimeElapsedColumn(),
-                            console=err_console, disable=not enabled)
+        self.bar = Progress(
+            TextColumn("[bold]distill generate"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("accepted {task.fields[ok]} rejected {task.fields[bad]}"),
+            TimeElapsedColumn(),
+            console=err_console,
+            disable=not enabled,
+        )
         self.task: Any = None
 
     def __enter__(self) -> _GenerateBar:
@@ -145,8 +151,10 @@ class _GenerateBar:
 def train(
     student: Annotated[str, typer.Option("--student", "-m", help="Student model: store name, catalog name or path.")],
     synthetic: Annotated[list[Path], typer.Option("--synthetic", "-s", help="Synthetic data file(s) from generate.")],
-    output: Annotated[str | None, typer.Option(
-        "--output", "-o", help="Store name for the distilled student (default: <student>-distilled).")] = None,
+    output: Annotated[
+        str | None,
+        typer.Option("--output", "-o", help="Store name for the distilled student (default: <student>-distilled)."),
+    ] = None,
     method: Annotated[str | None, _f("method")] = None,
     max_steps: Annotated[int | None, _f("max_steps")] = None,
     epochs: Annotated[float | None, _f("epochs")] = None,
@@ -173,8 +181,9 @@ def train(
     """  # noqa: E501
     overrides = {k: v for k, v in locals().items() if k in FinetuneConfig.model_fields and v is not None}
     with _ProgressBar(enabled=not as_json) as bar:
-        result = run_train(student, synthetic, output, store=open_store(), progress=bar.update, config_file=config,
-                           **overrides)
+        result = run_train(
+            student, synthetic, output, store=open_store(), progress=bar.update, config_file=config, **overrides
+        )
     if as_json:
         print_json(result.to_dict())
         return
@@ -198,11 +207,14 @@ def report(
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", min=1, help="Most tokens per answer.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Records per generation batch.")] = 8,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N records.")] = None,
-    latency_samples: Annotated[int, typer.Option(
-        "--latency-samples", min=0, help="Requests timed one at a time for latency p50/p95.")] = 5,
+    latency_samples: Annotated[
+        int, typer.Option("--latency-samples", min=0, help="Requests timed one at a time for latency p50/p95.")
+    ] = 5,
     threads: ThreadsOpt = None,
-    report_dir: Annotated[Path | None, typer.Option(
-        "--report-dir", help="Where report.json/.md/.html go (default: $SLMOPS_HOME/evals/...).")] = None,
+    report_dir: Annotated[
+        Path | None,
+        typer.Option("--report-dir", help="Where report.json/.md/.html go (default: $SLMOPS_HOME/evals/...)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Compare the teacher with its students on a test set: quality, latency, memory, size.
@@ -215,9 +227,21 @@ def report(
     store = open_store()
     out_dir = report_dir or default_report_dir(store, task, resolve_data(data)[1])
     result = distill_report(
-        teacher, student, data, task, store=store, progress=status, labels=labels, input_field=input_field,
-        target_field=target_field, max_tokens=max_tokens, batch_size=batch_size, limit=limit,
-        latency_samples=latency_samples, threads=threads, report_dir=out_dir,
+        teacher,
+        student,
+        data,
+        task,
+        store=store,
+        progress=status,
+        labels=labels,
+        input_field=input_field,
+        target_field=target_field,
+        max_tokens=max_tokens,
+        batch_size=batch_size,
+        limit=limit,
+        latency_samples=latency_samples,
+        threads=threads,
+        report_dir=out_dir,
     )
     if as_json:
         print_json(result.to_dict())

@@ -17,15 +17,22 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from slmops import train as recipes
-from slmops.cli.common import JsonOpt, console, err_console, human_count, human_size, open_store, print_json, status
+from slmops.cli.common import (
+    JsonOpt,
+    config_option,
+    console,
+    err_console,
+    human_count,
+    human_size,
+    open_store,
+    print_json,
+    status,
+)
 from slmops.train import FinetuneConfig, FinetuneResult, SearchResult, TrainEvent, load_config
 
 
 def _opt(field: str, *extra: str, **kw: Any) -> Any:
-    """A typer option named after a config field, with the field's description as help."""
-    flag = "--" + field.replace("_", "-")
-    names = (f"{flag}/--no-{flag[2:]}",) if kw.pop("flag", False) else (flag, *extra)
-    return typer.Option(*names, help=FinetuneConfig.model_fields[field].description, show_default=False, **kw)
+    return config_option(FinetuneConfig, field, *extra, **kw)
 
 
 def finetune(
