@@ -78,6 +78,7 @@ class Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         body = json.loads(raw)
         failure = fake.start_call(Call(self.path, dict(self.headers), body, time.monotonic()))
+        self._ended = False
         try:
             time.sleep(fake.delay(body))
             if failure is not None:
@@ -91,9 +92,16 @@ class Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timeout test)
         finally:
-            fake.end_call()
+            self._end_call()
 
     do_POST = _handle_post
+
+    def _end_call(self) -> None:
+        """Count the call as finished before its last bytes go out: once the client has the whole
+        response it may start the next request, which must not overlap this one in the count."""
+        if not self._ended:
+            self._ended = True
+            self.server.fake.end_call()
 
     def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
@@ -103,6 +111,7 @@ class Handler(BaseHTTPRequestHandler):
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
+        self._end_call()
         self.wfile.write(data)
 
     def _send_completion(self, fake: FakeOpenAI, body: dict[str, Any]) -> None:
@@ -135,6 +144,7 @@ class Handler(BaseHTTPRequestHandler):
         self._send_event({"choices": [{**last, "finish_reason": finish}]})
         if fake.send_usage and body.get("stream_options", {}).get("include_usage"):
             self._send_event({"choices": [], "usage": _usage(body, words)})
+        self._end_call()
         self.wfile.write(b"data: [DONE]\n\n")
 
     def _send_event(self, payload: dict[str, Any]) -> None:
