@@ -57,13 +57,13 @@ def list_models(as_json: JsonOpt = False) -> None:
     console.print(cat)
     table = Table(title=f"Store ({store.home})")
     for col in ("ref", "format", "size", "params", "aliases", "created"):
-        table.add_column(col, no_wrap=col in ("ref", "created"))
+        table.add_column(col, no_wrap=col in ("ref", "format", "size", "params"))
     children = {c.ref for r in records for c in _children(records, r)}
     for r in records:
         if r.ref in children:
             continue
         table.add_row(
-            r.ref, r.format, human_size(r.size_bytes), human_count(r.parameters), ",".join(r.aliases), r.created_at
+            r.ref, r.format, human_size(r.size_bytes), human_count(r.parameters), ",".join(r.aliases), r.created_at[:10]
         )
         for c in _children(records, r):
             table.add_row(
@@ -72,7 +72,7 @@ def list_models(as_json: JsonOpt = False) -> None:
                 human_size(c.size_bytes),
                 human_count(c.parameters),
                 ",".join(c.aliases),
-                c.created_at,
+                c.created_at[:10],
             )
     console.print(table if records else "[dim]The store is empty: `slmops models pull smollm2-135m-instruct`.[/dim]")
 
