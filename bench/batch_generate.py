@@ -197,6 +197,15 @@ def engine_run(engine: Any, prompts: list[str], max_tokens: int, batch: int) -> 
     }
 
 
+def log_run(console: Any, run: dict[str, Any], suffix: str) -> None:
+    """One line per finished mode, so a log of a long run shows where it is."""
+    load = os.getloadavg()[0]
+    console.print(
+        f"{run['mode']} batch {run['batch']}{suffix}: {run['tokens']} tokens in {run['seconds']:.2f}s "
+        f"({run['tokens'] / run['seconds']:.1f} tok/s, load {load:.2f})"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
 
@@ -243,10 +252,12 @@ def main(argv: list[str] | None = None) -> int:
         for rnd in range(args.repeats):
             suffix = f" (round {rnd + 1}/{args.repeats})" if args.repeats > 1 else ""
             this = [naive_loop(engine, prompts, args.max_tokens, progress)]
+            log_run(err, this[-1], suffix)
             task = progress.add_task("engine batches" + suffix, total=len(args.batches))
             for b in args.batches:
                 progress.update(task, description=f"engine batch {b}{suffix}")
                 this.append(engine_run(engine, prompts, args.max_tokens, b))
+                log_run(err, this[-1], suffix)
                 progress.advance(task)
             rounds.append(this)
     load_after = os.getloadavg()
