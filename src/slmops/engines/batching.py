@@ -19,6 +19,7 @@ newcomers then wait until the batch drains.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -146,7 +147,9 @@ class DecodeBatch:
                 "Shorten the prompt.",
             )
         params = request.params
-        gen = torch.Generator().manual_seed(params.seed if params.seed is not None else torch.seed())
+        # unseeded rows draw from the OS, never torch.seed(), which would reseed the process-wide RNG
+        seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little")
+        gen = torch.Generator().manual_seed(seed)
         tok = self.engine.tokenizer
         decoder = IncrementalDecoder(lambda ids: tok.decode(ids, skip_special_tokens=True))
         rid, self._next_id = self._next_id, self._next_id + 1
