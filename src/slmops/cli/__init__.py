@@ -22,6 +22,7 @@ from slmops.cli import finetune as finetune_cmds
 from slmops.cli import generate as generate_cmds
 from slmops.cli import models as models_cmds
 from slmops.cli import optimize as optimize_cmds
+from slmops.cli import prune as prune_cmds
 from slmops.cli import serve as serve_cmds
 from slmops.cli.common import err_console
 from slmops.errors import SlmopsError
@@ -41,6 +42,7 @@ app.command("eval")(evaluate_cmds.eval_cmd)
 app.command("finetune")(finetune_cmds.finetune)
 app.command("optimize")(optimize_cmds.optimize)
 app.command("export")(optimize_cmds.export)
+app.command("prune")(prune_cmds.prune)
 app.command("serve")(serve_cmds.serve)
 app.add_typer(data_cmds.app, name="data")
 app.add_typer(distill_cmds.app, name="distill")
