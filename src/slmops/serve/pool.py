@@ -2,10 +2,13 @@
 
 The ``model`` field of a request names a store model: ``name`` (latest version),
 ``name:version``, ``name@alias``, or ``base+adapter`` (a PEFT adapter applied to a base).
-Each resolves to a *key* (``name:3``, ``base:1+adapter:2``) that names one loaded engine with
-its own scheduler. Models load on first use; beyond the memory budget the least recently
-used idle ones are unloaded. Paths are never accepted from HTTP clients: only models named
-at start-up may be paths.
+Each resolves to a *key* (``name:3``, ``base:1+adapter:2``): the version that serves it. A
+plain key names one loaded engine with its own scheduler; every ``base+adapter`` key of one
+base shares one multi-adapter engine (key ``base:1+*``): the base loads once, each adapter
+loads into it on first use (between decode steps), and requests for different adapters
+batch together, each row with its own adapter. Models load on first use; beyond the memory
+budget the least recently used idle ones are unloaded. Paths are never accepted from HTTP
+clients: only models named at start-up may be paths.
 """
 
 from __future__ import annotations
@@ -37,6 +40,19 @@ class Loaded:
     defaults: ModelDefaults
     context_length: int | None
     last_used: float = 0.0
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one request goes: the loaded engine, the version that serves it (metric label and
+    response header) and the adapter its rows ask the engine for."""
+
+    loaded: Loaded
+    version: str
+    adapter: str | None = None
+
+
+ADAPTERS = "+*"  # suffix of the key of a base's multi-adapter engine
 
 
 def model_bytes(engine: Engine, fallback: int) -> int:
@@ -94,13 +110,15 @@ class ModelPool:
         return self.store.get(parsed)
 
     # -- loading -----------------------------------------------------------------------------
-    async def get(self, model: str, *, user: str | None = None, pin: str | None = None) -> Loaded:
+    async def get(self, model: str, *, user: str | None = None, pin: str | None = None) -> Route:
         """The loaded model a request routes to (a canary route picks one of its targets)."""
         key = self.resolve(self.router.pick(model, user=user, pin=pin) if model in self.router else model)
-        loaded = self._touch(key)
-        if loaded is None:
-            loaded = await asyncio.to_thread(self._load, key)
-        return loaded
+        base, plus, adapter = key.partition("+")
+        engine_key = base + ADAPTERS if plus else key
+        loaded = self._touch(engine_key)
+        if loaded is None or (plus and adapter not in getattr(loaded.engine, "adapters", {})):
+            loaded = await asyncio.to_thread(self._load, engine_key, adapter or None)
+        return Route(loaded, key, adapter or None)
 
     def preload(self, ref: str) -> Loaded:
         """Load a model named at start-up (a store reference, a catalog name or a path)."""
@@ -121,14 +139,16 @@ class ModelPool:
                 loaded.last_used = time.monotonic()
             return loaded
 
-    def _load(self, key: str) -> Loaded:
+    def _load(self, key: str, adapter: str | None = None) -> Loaded:
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:  # one load per key, however many requests ask at once
             loaded = self._touch(key)
             if loaded is not None:
+                if adapter is not None:
+                    self._add_adapter(loaded, adapter)
                 return loaded
-            engine = self._open(key)
+            engine = self._open(key, adapter)
             size = model_bytes(engine, 0)
             worker = Worker(
                 engine, name=key, max_batch_size=self.config.max_batch_size, max_queue=self.config.max_queue
@@ -141,20 +161,25 @@ class ModelPool:
             self._evict(keep=key)
             return loaded
 
-    def _open(self, key: str) -> Engine:
-        from slmops.engines import open_engine
+    def _open(self, key: str, adapter: str | None) -> Engine:
+        from slmops.engines import open_engine, open_engine_with_adapters
 
-        threads = self.config.threads
-        if "+" not in key:
-            return open_engine(key, self.store, threads=threads)
-        from slmops.engines.torch_engine import TorchEngine
-        from slmops.models.loader import load_with_adapter
-        from slmops.models.resolve import resolve
+        if adapter is None:
+            return open_engine(key, self.store, threads=self.config.threads)
+        return open_engine_with_adapters(
+            key.removesuffix(ADAPTERS), [adapter], self.store, threads=self.config.threads
+        )
 
-        base_ref, adapter_ref = key.split("+", 1)
-        base = resolve(base_ref, self.store, pull_missing=False)
-        model, tokenizer = load_with_adapter(self.store.get(adapter_ref).path, base.load_dir, gguf_file=base.gguf_file)
-        return TorchEngine(model, tokenizer, threads=threads)
+    def _add_adapter(self, loaded: Loaded, adapter: str) -> None:
+        """Load another adapter into a base's running multi-adapter engine, between two steps."""
+        from slmops.engines.adapters import add_adapter
+
+        if adapter in getattr(loaded.engine, "adapters", {}):
+            return
+        with loaded.worker.exclusive():
+            add_adapter(loaded.engine, loaded.key.removesuffix(ADAPTERS), adapter, self.store)  # type: ignore[arg-type]
+        loaded.size_bytes = model_bytes(loaded.engine, loaded.size_bytes)
+        self._evict(keep=loaded.key)
 
     def _evict(self, keep: str) -> None:
         budget = self.config.memory_budget_mb * (1 << 20)

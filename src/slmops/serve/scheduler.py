@@ -82,6 +82,7 @@ class Worker:
         self._active: dict[int, Ticket] = {}
         self._started: dict[int, float] = {}
         self._cond = threading.Condition()
+        self._stepping = threading.Lock()  # held while the batch changes; see :meth:`exclusive`
         self._stop = False
         self._thread = threading.Thread(target=self._run, name=f"scheduler-{name}", daemon=True)
         self._thread.start()
@@ -118,6 +119,11 @@ class Worker:
                     self._cancels.append(t)
             self._cond.notify()
 
+    def exclusive(self) -> threading.Lock:
+        """``with worker.exclusive(): ...`` runs between two steps: no forward pass meanwhile
+        (the pool loads another adapter into a running engine this way)."""
+        return self._stepping
+
     def close(self, timeout: float = 30.0) -> None:
         with self._cond:
             self._stop = True
@@ -135,14 +141,15 @@ class Worker:
                 room = self.max_batch_size - len(self.batch)
                 admit = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
                 cancels, self._cancels = self._cancels, []
-            for t in cancels:
-                if t.rid is not None and self._active.pop(t.rid, None) is not None:
-                    self._started.pop(t.rid, None)
-                    self.batch.cancel(t.rid)
-            for t in admit:
-                if not t.cancelled:
-                    self._admit(t)
-            self._step()
+            with self._stepping:
+                for t in cancels:
+                    if t.rid is not None and self._active.pop(t.rid, None) is not None:
+                        self._started.pop(t.rid, None)
+                        self.batch.cancel(t.rid)
+                for t in admit:
+                    if not t.cancelled:
+                        self._admit(t)
+                self._step()
         for t in [*self._active.values(), *self._waiting]:
             t.sink(t.index, SlmopsError(f"The model {self.name} was unloaded."))
 

@@ -11,7 +11,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastapi import Request
@@ -48,6 +48,7 @@ class Job:
     """The tickets of one HTTP request and what they produced so far."""
 
     loaded: Loaded
+    version: str  # the version that serves it: metric label and response header
     public_model: str
     tickets: list[Ticket]
     queue: asyncio.Queue
@@ -117,9 +118,13 @@ class Serving:
 
     # -- steps -------------------------------------------------------------------------------
     async def _start(self, body: ChatCompletionRequest | CompletionRequest, http: Request) -> Job:
-        loaded = await self.pool.get(body.model, user=body.user, pin=http.headers.get(PIN_HEADER))
-        http.state.route = (body.model, loaded.key)  # metric labels for errors from here on
-        requests = body.to_requests(loaded.defaults, self.pool.config.max_tokens_cap)
+        route = await self.pool.get(body.model, user=body.user, pin=http.headers.get(PIN_HEADER))
+        loaded = route.loaded
+        http.state.route = (body.model, route.version)  # metric labels for errors from here on
+        requests = [
+            replace(r, adapter=route.adapter)
+            for r in body.to_requests(loaded.defaults, self.pool.config.max_tokens_cap)
+        ]
         prompts = [self._prompt_ids(loaded, r) for r in requests]
         queue: asyncio.Queue = asyncio.Queue()
         sink = loop_sink(queue, asyncio.get_running_loop())
@@ -134,7 +139,7 @@ class Serving:
                 code="rate_limit_exceeded",
                 headers={"Retry-After": str(exc.retry_after)},
             ) from exc
-        return Job(loaded, body.model, tickets, queue, texts=[[] for _ in tickets])
+        return Job(loaded, route.version, body.model, tickets, queue, texts=[[] for _ in tickets])
 
     def _prompt_ids(self, loaded: Loaded, request: GenerationRequest) -> list[int] | None:
         prompt_ids = getattr(loaded.engine, "prompt_ids", None)
@@ -216,7 +221,7 @@ class Serving:
         now = time.perf_counter()
         usage = job.usage()
         ttft = job.first_token_at - job.started if job.first_token_at is not None else None
-        model, version = job.public_model, job.loaded.key
+        model, version = job.public_model, job.version
         self.metrics.observe_request(
             model,
             version,
@@ -243,7 +248,7 @@ class Serving:
 
     @staticmethod
     def _headers(job: Job) -> dict[str, str]:
-        return {"x-slmops-model-version": job.loaded.key}
+        return {"x-slmops-model-version": job.version}
 
 
 def _data(model: Any) -> str:
