@@ -46,6 +46,19 @@ def optimize(
     ppl_text: Annotated[
         Path | None, typer.Option("--ppl-text", help="Held-out text file for perplexity (default: built-in text).")
     ] = None,
+    eval_data: Annotated[
+        str | None,
+        typer.Option(
+            "--eval-data",
+            help="Test set (FILE or builtin:NAME) to compare the task metric on (default: one from the lineage).",
+        ),
+    ] = None,
+    eval_task: Annotated[
+        str | None, typer.Option("--eval-task", help="Task --eval-data is scored as (classification, qa, ...).")
+    ] = None,
+    no_task_check: Annotated[
+        bool, typer.Option("--no-task-check", help="Perplexity only, even when the lineage names a test set.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Convert a model for deployment and register the result with its lineage.
@@ -53,7 +66,9 @@ def optimize(
     --to onnx builds an ONNX Runtime GenAI model (onnxruntime-genai's model builder), --to gguf
     writes a GGUF file for llama.cpp and Ollama, --merge folds an adapter into its base (an
     adapter is merged automatically before --to). Every run measures size and perplexity on
-    held-out text against the source, stores them in the new model's metrics and prints them.
+    held-out text against the source, stores them in the new model's metrics and prints them;
+    when the source's lineage has a test set (an `slmops eval` result in the store, or a
+    fine-tune's eval data) or --eval-data names one, the task metric is compared too.
 
     Example: slmops optimize smollm2-135m-instruct --to onnx --precision int4 --max-ppl-increase 10
     """
@@ -72,6 +87,9 @@ def optimize(
         max_ppl_increase=max_ppl_increase,
         strict=strict,
         ppl_text=ppl_text,
+        eval_data=eval_data,
+        eval_task=eval_task,
+        no_task_check=no_task_check,
         store=open_store(),
         progress=status,
     )
@@ -90,7 +108,18 @@ def optimize(
         _num(q.perplexity),
         "-" if inc is None else f"{inc:+.2f}%",
     )
+    t = q.task
+    if t is not None:
+        d = t.delta_points
+        table.add_row(
+            f"{t.metric} ({t.dataset}, {t.records} records)",
+            _num(t.source_score),
+            _num(t.score),
+            "-" if d is None else f"{d:+.2f} pts",
+        )
     console.print(table)
+    if t is not None and t.error:
+        err_console.print(f"[bold yellow]task metric incomplete:[/bold yellow] {t.error}")
     if result.flagged:
         err_console.print(
             f"[bold yellow]flagged:[/bold yellow] perplexity rose more than {q.max_ppl_increase_pct}% "

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from slmops.errors import SlmopsError
+from slmops.optimize.task_check import TaskDelta
 
 # Held-out English prose (written for slmops, not taken from any training set): plain
 # expository text is what a perplexity comparison between two versions of one model needs.
@@ -57,6 +58,7 @@ class Quality:
     text: str  # "builtin" or the path of the text file
     max_ppl_increase_pct: float | None = None
     error: str | None = None
+    task: TaskDelta | None = None  # the task metric on a test set from --eval-data or the lineage
 
     @property
     def size_reduction_pct(self) -> float:
@@ -79,6 +81,7 @@ class Quality:
     def to_dict(self) -> dict[str, Any]:
         return {
             **asdict(self),
+            "task": self.task.to_dict() if self.task else None,
             "size_reduction_pct": round(self.size_reduction_pct, 2),
             "perplexity_increase_pct": _round(self.perplexity_increase_pct),
             "flagged": self.flagged,

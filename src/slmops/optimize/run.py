@@ -19,7 +19,7 @@ from slmops.models.pull import Progress, gguf_to_hf
 from slmops.models.refs import validate_name
 from slmops.models.resolve import ResolvedModel, resolve
 from slmops.models.store import ModelRecord, ModelStore, folder_size
-from slmops.optimize import quality
+from slmops.optimize import quality, task_check
 from slmops.optimize.gguf_export import GGUF_QUANTS, write_gguf
 from slmops.optimize.merge import merge_adapter
 from slmops.optimize.onnx_export import build_onnx, check_onnx_options, default_algorithm
@@ -48,6 +48,9 @@ class OptimizeConfig:
     max_ppl_increase: float | None = None  # percent
     strict: bool = False
     ppl_text: Path | None = None
+    eval_data: str | None = None  # FILE or builtin:NAME; default: a test set from the source's lineage
+    eval_task: str | None = None  # the task --eval-data is scored as (a built-in set knows its own)
+    no_task_check: bool = False  # perplexity only, even when the lineage names a test set
 
     @property
     def effective_precision(self) -> str:
@@ -77,6 +80,10 @@ class OptimizeConfig:
             p.append(f"--quant must be one of {', '.join(GGUF_QUANTS)} (got {self.quant!r})")
         if self.max_ppl_increase is not None and self.max_ppl_increase < 0:
             p.append(f"--max-ppl-increase is a percentage >= 0 (got {self.max_ppl_increase})")
+        if self.eval_task is not None and self.eval_data is None:
+            p.append("--eval-task applies to --eval-data")
+        if self.no_task_check and self.eval_data is not None:
+            p.append("--no-task-check contradicts --eval-data")
         if self.strict and self.max_ppl_increase is None:
             p.append("--strict needs --max-ppl-increase (the limit it enforces)")
         if self.output is not None:
@@ -192,9 +199,11 @@ def optimize(
     config = OptimizeConfig(**options)
     _check(config)
     text, text_label = quality.read_text(config.ppl_text)
+    explicit = task_check.explicit(config.eval_data, config.eval_task) if config.eval_data else None
     store = store or ModelStore()
     source = resolve(ref, store, progress=progress)
     _check(config, source.format)
+    check = explicit or (None if config.no_task_check else task_check.from_lineage(source.record, store))
     name = config.output or default_output(source, config)
     source_size = folder_size(source.path)
     require_free_space(store.home, 3 * source_size + 2**20, f"optimizing {source.label}")
@@ -216,8 +225,13 @@ def optimize(
         else:
             src_ppl, _ = quality.score(hf_dir, "hf", text)
         ppl, tokens = quality.score(stage / "model", fmt, text)
+        task = None
+        if check is not None:
+            source_ref = source.record.ref if source.record else str(source.path)
+            task = task_check.measure(check, source_ref, stage / "model", store, say)
         q = quality.Quality(
-            source_size, folder_size(stage / "model"), src_ppl, ppl, tokens, text_label, config.max_ppl_increase
+            source_size, folder_size(stage / "model"), src_ppl, ppl, tokens, text_label, config.max_ppl_increase,
+            task=task,
         )
         if q.flagged and config.strict:
             raise QualityGateError(
