@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from slmops.distill.kd import (
+from slmops.train.kd import (
     KDSettings,
     distillation_loss,
     teacher_top_k,

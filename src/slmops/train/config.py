@@ -15,9 +15,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from slmops.errors import SlmopsError
+from slmops.train.kd import KDSettings
 
 Method = Literal["full", "lora", "qlora"]
 Reporter = Literal["mlflow", "tensorboard"]
+KDLossName = Literal["forward_kl", "reverse_kl", "jsd"]
+KD_FIELDS = ("kd_loss", "kd_temperature", "kd_weight", "kd_top_k")
 
 
 class FinetuneConfig(BaseModel):
@@ -59,6 +62,13 @@ class FinetuneConfig(BaseModel):
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept (the best weights are kept apart).")
     patience: int | None = Field(None, ge=1, description="Stop after N evaluations without improvement.")
     resume: bool = Field(False, description="Continue the run from its last checkpoint.")
+    teacher: str | None = Field(
+        None, description="Local teacher for logit-level KD (same tokenizer as --model); off when not given."
+    )
+    kd_loss: KDLossName = Field("forward_kl", description="KD divergence: forward_kl, reverse_kl or jsd.")
+    kd_temperature: float = Field(1.0, gt=0, description="KD softmax temperature (the loss is scaled by T^2).")
+    kd_weight: float = Field(0.5, ge=0, le=1, description="Share of KD in the loss: (1-w)*CE + w*KD.")
+    kd_top_k: int | None = Field(None, ge=1, description="Keep only the teacher's top-k logits (default: all).")
     report_to: list[Reporter] = Field(
         default_factory=list, description="Also report metrics to: mlflow, tensorboard (comma-separated)."
     )
@@ -76,6 +86,10 @@ class FinetuneConfig(BaseModel):
             raise ValueError("--search ranks trials by eval loss: give --eval-data or --eval-split")
         if self.search is not None and self.resume:
             raise ValueError("a --search cannot be resumed; run it again without --resume")
+        kd_given = sorted(self.model_fields_set & set(KD_FIELDS))
+        if self.teacher is None and kd_given:
+            flags = ", ".join("--" + k.replace("_", "-") for k in kd_given)
+            raise ValueError(f"{flags} only apply with a --teacher (logit KD)")
         return self
 
     @property
@@ -85,6 +99,13 @@ class FinetuneConfig(BaseModel):
     @property
     def lora(self) -> bool:
         return self.method in ("lora", "qlora")
+
+    @property
+    def kd(self) -> KDSettings | None:
+        """The logit-KD settings when a teacher is given."""
+        if self.teacher is None:
+            return None
+        return KDSettings(self.kd_loss, self.kd_temperature, alpha=self.kd_weight, top_k=self.kd_top_k)
 
 
 # fields whose change does not alter the trajectory of a resumed run

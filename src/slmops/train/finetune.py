@@ -3,7 +3,9 @@
 ``run(config)`` validates the run and the data, loads the base, trains with one visible
 loop (AdamW, linear warm-up and decay, gradient accumulation and clipping), evaluates and
 checkpoints on its intervals, stops early when evaluation stops improving, and registers
-the best weights in the store with their lineage. Callbacks observe; they never steer. Under
+the best weights in the store with their lineage. With a ``teacher`` the training loss mixes
+cross-entropy with logit-level KD from that frozen model (:mod:`slmops.train.kd`); evaluation
+stays cross-entropy. Callbacks observe; they never steer. Under
 ``torchrun`` the same loop runs data-parallel (:mod:`slmops.train.distributed`); a
 hyper-parameter search (:mod:`slmops.train.search`) calls :func:`train` per trial and
 :func:`finish` for the best one.
@@ -27,11 +29,11 @@ from slmops.train.batches import collate
 from slmops.train.checkpoint import RunDir, Tracker, load_trainable
 from slmops.train.config import FinetuneConfig
 from slmops.train.distributed import Dist, distributed
-from slmops.train.lineage import final_metrics, register
+from slmops.train.lineage import final_metrics, kd_lineage, register
 from slmops.train.model import trainable_parameters, weight_bytes
 from slmops.train.reporting import Reporters
 from slmops.train.setup import Setup, prepare
-from slmops.train.steps import eval_sums, token_loss_sum
+from slmops.train.steps import eval_sums, kd_loss_sum, token_loss_sum
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,15 @@ class FinetuneResult:
         return {**asdict(self), "record": self.record.to_dict(), "run_dir": str(self.run_dir)}
 
 
-def run(config: FinetuneConfig, store: ModelStore | None = None, progress: Progress | None = None) -> FinetuneResult:
-    """Train one configuration and register the result (rank 0 registers; every process returns it)."""
+def run(
+    config: FinetuneConfig,
+    store: ModelStore | None = None,
+    progress: Progress | None = None,
+    *,
+    recipe: dict[str, Any] | None = None,
+) -> FinetuneResult:
+    """Train one configuration and register the result (rank 0 registers; every process returns it).
+    ``recipe`` joins the recorded recipe (``distill train`` records its synthetic-data lineage)."""
     if config.search is not None:
         raise SlmopsError("This config asks for a --search.", "Call slmops.train.search(config) instead of run().")
     store = store or ModelStore()
@@ -89,7 +98,7 @@ def run(config: FinetuneConfig, store: ModelStore | None = None, progress: Progr
                               run_name=config.output, config=config)  # fmt: skip
         try:
             trained = train(config, store, run_dir, dist=dist, notify=lambda e: (show(e), reporters(e)))
-            result = finish(trained, store, dist)
+            result = finish(trained, store, dist, recipe)
         except BaseException:
             reporters.close(ok=False)
             raise
@@ -127,6 +136,7 @@ def train(
     # -- 1. validate the run, then load the base and the data -------------------------------
     s = prepare(config, store, run_dir, dist, status=lambda msg: notify(TrainEvent("status", message=msg)))
     model, plan, total, pad_id = s.model, s.plan, s.total_steps, s.tokenizer.pad_token_id
+    teacher, kd = s.teacher, config.kd  # logit KD when a teacher is given (frozen, eval mode)
 
     # -- 2. optimizer, schedule, and the starting point (fresh or resumed) -------------------
     params = [p for p in model.parameters() if p.requires_grad]
@@ -155,7 +165,8 @@ def train(
         n_targets = max(1.0, dist.sum([sum(b.target_tokens for b in micro)])[0])  # over every process
         loss_value = 0.0
         for batch in micro:
-            loss = token_loss_sum(model, batch) / n_targets
+            loss_sum = token_loss_sum(model, batch) if teacher is None else kd_loss_sum(model, teacher, batch, kd)
+            loss = loss_sum / n_targets
             loss.backward()
             loss_value += loss.item()
         loss_value, step_tokens = dist.reduce_grads(params, [loss_value, sum(b.tokens for b in micro)])
@@ -218,9 +229,10 @@ def finish(
     dist = dist or Dist()
     s, tracker = trained.setup, trained.tracker
     metrics = final_metrics(tracker)
+    extra = {**(recipe or {}), **({"kd": kd_lineage(s.config, s.teacher_ref)} if s.teacher_ref else {})}
     ref = None
     if dist.is_main:
-        ref = register(store, s.model, s.tokenizer, s.config, s.resolved, s.base_ref, s.train_set, metrics, recipe).ref
+        ref = register(store, s.model, s.tokenizer, s.config, s.resolved, s.base_ref, s.train_set, metrics, extra).ref
     record = store.get(dist.broadcast(ref))
     result = FinetuneResult(
         record=record,

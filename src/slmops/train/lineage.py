@@ -28,6 +28,12 @@ def final_metrics(tracker: Tracker) -> dict[str, Any]:
     return metrics
 
 
+def kd_lineage(config: FinetuneConfig, teacher_ref: str) -> dict[str, Any]:
+    """The logit-KD part of a recipe: the resolved teacher and the loss settings."""
+    return {"teacher": teacher_ref, "loss": config.kd_loss, "temperature": config.kd_temperature,
+            "weight": config.kd_weight, "top_k": config.kd_top_k}  # fmt: skip
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:

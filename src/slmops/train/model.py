@@ -38,6 +38,45 @@ def load_for_training(resolved: ResolvedModel, config: FinetuneConfig) -> Any:
     return model
 
 
+def load_teacher(teacher: ResolvedModel, base: ResolvedModel | None) -> Any:
+    """A frozen teacher for logit KD, in eval mode (a PEFT adapter is merged into its ``base``)."""
+    from slmops.models.loader import load_causal_lm, load_with_adapter
+
+    if teacher.format == "peft-adapter":
+        if base is None:
+            raise SlmopsError(f"The teacher {teacher.label} is a PEFT adapter without a known base model.",
+                              "Import it with its base (`slmops models import PATH --name NAME --base BASE`).")
+        model, _ = load_with_adapter(teacher.path, base.load_dir, gguf_file=base.gguf_file)
+    else:
+        model, _ = load_causal_lm(teacher.load_dir, gguf_file=teacher.gguf_file)
+    model.config.use_cache = False
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+PROBE = "Hello world! The answer is 42. café ünïcödé 世界 def f(x): return x"
+
+
+def check_same_vocabulary(student: Any, teacher: Any, student_label: str, teacher_label: str) -> None:
+    """Logit KD compares distributions token by token: both tokenizers must map the same text to
+    the same ids (vocabulary size, special tokens and a probe sentence are compared)."""
+    def view(tok: Any) -> tuple[Any, ...]:
+        return len(tok), tok.eos_token_id, tok.bos_token_id, tuple(tok(PROBE, add_special_tokens=False)["input_ids"])
+
+    s, t = view(student), view(teacher)
+    if s == t:
+        return
+    what = (f"the teacher has {len(teacher)} tokens, the student {len(student)}" if s[0] != t[0] else
+            "different special-token ids" if s[1:3] != t[1:3] else "different ids for the same text")
+    raise SlmopsError(
+        f"The teacher {teacher_label} and the student {student_label} do not share a tokenizer ({what}), "
+        "so their logits cannot be compared for logit-level KD.",
+        "Pick a teacher of the same model family (same tokenizer), or drop --teacher and distil through "
+        "synthetic data only (`slmops distill generate`, then `slmops distill train`).",
+    )
+
+
 def _nf4_config() -> Any:
     try:
         import bitsandbytes  # noqa: F401

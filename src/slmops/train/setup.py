@@ -21,7 +21,7 @@ from slmops.train.batches import Batch, BatchPlan, eval_batches, make_rows, spli
 from slmops.train.checkpoint import RunDir
 from slmops.train.config import RESUMABLE_CHANGES, FinetuneConfig
 from slmops.train.distributed import Dist
-from slmops.train.model import load_for_training, load_tokenizer
+from slmops.train.model import check_same_vocabulary, load_for_training, load_teacher, load_tokenizer
 
 
 @dataclass
@@ -38,6 +38,8 @@ class Setup:
     plan: BatchPlan  # global micro-batches (``batch_size`` rows per process)
     evals: list[Batch]  # this process's share of the evaluation batches
     total_steps: int
+    teacher: Any = None  # the frozen teacher for logit KD (``config.kd``), or None
+    teacher_ref: str = ""
 
 
 def prepare(
@@ -55,6 +57,7 @@ def prepare(
         )
     tokenizer = load_tokenizer(resolved)
     train_set, eval_examples = load_data(config, tokenizer)
+    teacher, teacher_ref = open_teacher(config, store, tokenizer, resolved.label, say) if config.teacher else (None, "")
     say(f"loading {resolved.label} for {config.method} fine-tuning" + (f" ({dist.world} processes)" * dist.active))
     torch.manual_seed(config.seed)  # LoRA initialisation, then dropout
     model = load_for_training(resolved, config)
@@ -68,7 +71,33 @@ def prepare(
     pad_id = tokenizer.pad_token_id
     evals = eval_batches(eval_examples, config.max_seq_len, config.batch_size, pad_id) if eval_examples else []
     total = config.max_steps or math.ceil(config.epochs * plan.per_epoch / config.grad_accum)
-    return Setup(config, resolved, base_ref, tokenizer, model, train_set, eval_examples, plan, dist.shard(evals), total)
+    return Setup(config, resolved, base_ref, tokenizer, model, train_set, eval_examples, plan, dist.shard(evals), total,
+                 teacher, teacher_ref)  # fmt: skip
+
+
+def open_teacher(config: FinetuneConfig, store: ModelStore, tokenizer: Any, student: str, say: Any) -> tuple[Any, str]:
+    """The frozen KD teacher and its reference, after checking it is local and shares the
+    student's tokenizer (compared before any weights load)."""
+    ref = str(config.teacher)
+    if ref.startswith(("http://", "https://")):
+        raise SlmopsError(
+            f"Logit-level KD needs the teacher's logits, and {ref} is a remote endpoint that only returns text.",
+            "Give a local teacher (store name or path) for --teacher, or distil from the remote teacher through "
+            "synthetic data: `slmops distill generate --teacher URL`, then `slmops distill train`.",
+        )
+    teacher = resolve(ref, store, progress=say)
+    base = None
+    if teacher.format == "peft-adapter" and teacher.record is not None and teacher.record.base:
+        base = resolve(teacher.record.base, store, progress=say)
+    if teacher.format not in ("hf", "gguf", "peft-adapter"):
+        raise SlmopsError(
+            f"The teacher {teacher.label} is a {teacher.format} artifact; logit KD needs a PyTorch model.",
+            "Use the model it was converted from (a Hugging Face, GGUF or adapter artifact) as --teacher.",
+        )
+    check_same_vocabulary(tokenizer, load_tokenizer(teacher), student, teacher.label)
+    say(f"loading teacher {teacher.label} for logit KD ({config.kd_loss}, T={config.kd_temperature}, "
+        f"weight {config.kd_weight}" + (f", top-{config.kd_top_k}" if config.kd_top_k else "") + ")")  # fmt: skip
+    return load_teacher(teacher, base), teacher.label
 
 
 def check_run_dir(run_dir: RunDir, config: FinetuneConfig) -> None:

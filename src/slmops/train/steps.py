@@ -1,4 +1,5 @@
-"""The loss of one batch, and evaluation over a fixed set of batches.
+"""The loss of one batch (cross-entropy, or mixed with logit KD from a teacher), and
+evaluation over a fixed set of batches.
 
 The vocabulary projection is the widest layer of a small model (SmolLM2-135M: 49,152 x 576)
 and cross-entropy over it is memory-bound, so the loss runs the decoder stack, keeps only the
@@ -22,6 +23,7 @@ import torch
 
 from slmops.data.examples import IGNORE
 from slmops.train.batches import Batch
+from slmops.train.kd import KDSettings, distillation_loss, teacher_top_k, top_k_distillation_loss
 
 # architectures whose causal-LM forward is exactly ``lm_head(model(...).last_hidden_state)``
 PLAIN_HEAD = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma3_text", "phi3", "olmo2", "smollm3"})
@@ -39,23 +41,39 @@ def _decoder_and_head(model: Any) -> tuple[Any, Any] | None:
     return (decoder, head) if decoder is not None and head is not None else None
 
 
-def token_loss_sum(model: Any, batch: Batch) -> torch.Tensor:
-    """Summed cross-entropy over the batch's target tokens (the caller divides by the count,
-    so every trained token weighs the same across micro-batches, accumulation and processes)."""
+def target_logits(model: Any, batch: Batch) -> torch.Tensor:
+    """Float logits ``[N, V]`` at the batch's N target positions, in row-major order."""
+    keep = batch.targets != IGNORE
     parts = _decoder_and_head(model)
     if parts is None:
         out = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False)
-        logits = out.logits.float()
-        return torch.nn.functional.cross_entropy(
-            logits.view(-1, logits.shape[-1]), batch.targets.view(-1), ignore_index=IGNORE, reduction="sum"
-        )
+        return out.logits[keep].float()
     decoder, head = parts
     hidden = _hidden_shared(decoder, batch) if _shared_prefix(decoder, batch) else None
     if hidden is None:
         hidden = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).last_hidden_state
-    keep = batch.targets != IGNORE
-    logits = head(hidden[keep]).float()
-    return torch.nn.functional.cross_entropy(logits, batch.targets[keep], reduction="sum")
+    return head(hidden[keep]).float()
+
+
+def token_loss_sum(model: Any, batch: Batch) -> torch.Tensor:
+    """Summed cross-entropy over the batch's target tokens (the caller divides by the count,
+    so every trained token weighs the same across micro-batches, accumulation and processes)."""
+    targets = batch.targets[batch.targets != IGNORE]
+    return torch.nn.functional.cross_entropy(target_logits(model, batch), targets, reduction="sum")
+
+
+def kd_loss_sum(model: Any, teacher: Any, batch: Batch, kd: KDSettings) -> torch.Tensor:
+    """Summed ``(1 - w) * CE + w * KD`` over the target tokens: the frozen teacher reads the same
+    batch (no gradients) and the divergence is taken where cross-entropy is, on the answer
+    tokens only; ``kd.top_k`` keeps just the teacher's k most likely tokens per position."""
+    targets = batch.targets[batch.targets != IGNORE]
+    student = target_logits(model, batch)
+    with torch.no_grad():
+        teacher_logits = target_logits(teacher, batch)
+    if kd.top_k is not None:
+        cached = teacher_top_k(teacher_logits[:, : student.shape[-1]], kd.top_k, kd.temperature)
+        return top_k_distillation_loss(student, cached, targets, kd, reduction="sum")
+    return distillation_loss(student, teacher_logits, targets, kd, reduction="sum")
 
 
 @torch.no_grad()
