@@ -200,3 +200,10 @@ def test_params_precedence_is_user_then_model_default_then_openai_default():
     text = CompletionRequest(model="m", prompt="x")
     assert text.to_params(ModelDefaults(), cap=100).max_tokens == 16  # OpenAI's text-completion default
     assert text.to_params(ModelDefaults(), cap=8).max_tokens == 8
+
+
+def test_an_empty_prompt_is_a_400_not_a_5xx(client):
+    for stream in (False, True):
+        r = client.post("/v1/completions", json={"model": "tiny", "prompt": "", "max_tokens": 4, "stream": stream})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "empty_prompt"
+    assert client.post("/v1/completions", json={"model": "tiny", "prompt": "Hi", "max_tokens": 2}).status_code == 200

@@ -146,6 +146,13 @@ class Serving:
         if prompt_ids is None:
             return None
         ids = prompt_ids(request)
+        if not ids:
+            raise APIError(
+                400,
+                "The prompt is empty (0 tokens once templated); send some text.",
+                param="prompt",
+                code="empty_prompt",
+            )
         if loaded.context_length is not None and len(ids) >= loaded.context_length:
             raise APIError(
                 400,
