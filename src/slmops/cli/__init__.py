@@ -22,6 +22,7 @@ from slmops.cli import finetune as finetune_cmds
 from slmops.cli import generate as generate_cmds
 from slmops.cli import models as models_cmds
 from slmops.cli import optimize as optimize_cmds
+from slmops.cli import ops as ops_cmds
 from slmops.cli import prune as prune_cmds
 from slmops.cli import serve as serve_cmds
 from slmops.cli.common import err_console
@@ -44,6 +45,8 @@ app.command("optimize")(optimize_cmds.optimize)
 app.command("export")(optimize_cmds.export)
 app.command("prune")(prune_cmds.prune)
 app.command("serve")(serve_cmds.serve)
+app.command("bench")(ops_cmds.bench)
+app.command("validate")(ops_cmds.validate)
 app.add_typer(data_cmds.app, name="data")
 app.add_typer(distill_cmds.app, name="distill")
 
