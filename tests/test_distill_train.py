@@ -20,7 +20,7 @@ from tests.test_distill_generate import TICKETS, gold_teacher, write_rows
 
 @pytest.fixture()
 def synthetic(tmp_path: Path) -> Path:
-    data = write_rows(tmp_path / "tickets.jsonl", TICKETS)
+    data = write_rows(tmp_path / "tickets.jsonl", [*TICKETS, {"prompt": "Where is my parcel?"}])  # rejected
     config = make_generate_config(teacher="big-teacher:3", data=str(data), task="classification",
                                   labels="billing,technical,account", output=tmp_path / "synthetic.jsonl")
     return run_generate(config, engine=gold_teacher(TICKETS)).output
@@ -55,18 +55,24 @@ def test_default_output_name() -> None:
 
 def test_distill_train_registers_a_student_with_lineage(store, tiny_model_dir: Path, synthetic: Path) -> None:
     import_model(store, tiny_model_dir, "tiny")
+    import_model(store, tiny_model_dir, "tiny-teacher")  # same tokenizer: logit KD is possible
     result = CliRunner().invoke(app, ["train", "--student", "tiny", "--synthetic", str(synthetic), "--max-steps", "2",
-                                      "--batch-size", "2", "--max-seq-len", "256", "--lr", "0.001", "--json"])
+                                      "--batch-size", "2", "--max-seq-len", "256", "--lr", "0.001", "--teacher",
+                                      "tiny-teacher", "--kd-loss", "jsd", "--kd-weight", "0.5", "--json"])  # fmt: skip
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     rec = store.get(out["record"]["ref"])
     assert (rec.name, rec.format, rec.parents) == ("tiny-distilled", "peft-adapter", ["tiny:1"])
-    lineage = rec.metrics["distill"]
+    lineage = rec.recipe["distill"]
+    assert "distill" not in rec.metrics
     assert lineage["teacher"] == "big-teacher:3" and lineage["records"] == 4
     assert lineage["synthetic"][str(synthetic.resolve())] == hashlib.sha256(synthetic.read_bytes()).hexdigest()
+    assert lineage["filters"] == {"accepted": 4, "rejected: not_in_label_set": 1}
+    assert lineage["kd_teacher"] == "tiny-teacher"
+    assert rec.recipe["kd"] == {"teacher": "tiny-teacher:1", "loss": "jsd", "temperature": 1.0, "weight": 0.5,
+                                "top_k": None}  # fmt: skip
     train_file = Path(out["train_file"])
     assert rec.recipe["data"] == {str(train_file): lineage["train_sha256"]}
-    assert rec.recipe.get("distill", lineage) == lineage  # in the recipe too once train.run takes recipe=
     assert json.loads(train_file.read_text().splitlines()[0]).keys() == {"prompt", "completion"}
-    assert json.loads((train_file.parent / "distill.json").read_text())["teacher"] == "big-teacher:3"
+    assert json.loads((train_file.parent / "distill.json").read_text()) == lineage
     assert out["steps"] == 2 and out["train_examples"] == 4

@@ -166,6 +166,12 @@ def train(
     eval_split: Annotated[float | None, _f("eval_split")] = None,
     lora_r: Annotated[int | None, _f("lora_r")] = None,
     seed: Annotated[int | None, _f("seed")] = None,
+    teacher: Annotated[str | None, _f("teacher")] = None,
+    kd_loss: Annotated[str | None, _f("kd_loss")] = None,
+    kd_temperature: Annotated[float | None, _f("kd_temperature")] = None,
+    kd_weight: Annotated[float | None, _f("kd_weight")] = None,
+    kd_top_k: Annotated[int | None, _f("kd_top_k")] = None,
+    gradient_checkpointing: Annotated[bool | None, _f("gradient_checkpointing", flag=True)] = None,
     resume: Annotated[bool | None, _f("resume", flag=True)] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML file of any finetune keys.")] = None,
     as_json: JsonOpt = False,
@@ -174,10 +180,13 @@ def train(
 
     Accepted synthetic records become prompt/completion pairs, asked exactly as `slmops eval`
     asks (so training and testing match), and train through the fine-tuning recipe (LoRA by
-    default; any `slmops finetune` key via --config). The teacher and the SHA-256 of each
-    synthetic file are recorded as the model's lineage.
+    default; any `slmops finetune` key via --config). With --teacher (a local model with the
+    student's tokenizer) the student also learns the teacher's token distributions: logit-level
+    KD (--kd-loss, --kd-temperature, --kd-weight, --kd-top-k) mixed with cross-entropy. The
+    teachers, the SHA-256 of each synthetic file and the filter counts are recorded as the
+    model's lineage.
 
-    Example: slmops distill train --student smollm2-135m-instruct --synthetic synthetic.jsonl --max-steps 100 --output support-student
+    Example: slmops distill train --student smollm2-135m-instruct --synthetic synthetic.jsonl --max-steps 100 --teacher smollm2-135m-instruct --kd-loss jsd --kd-weight 0.5 --output support-student
     """  # noqa: E501
     overrides = {k: v for k, v in locals().items() if k in FinetuneConfig.model_fields and v is not None}
     with _ProgressBar(enabled=not as_json) as bar:
@@ -190,7 +199,9 @@ def train(
     ft, lineage = result.finetune, result.lineage
     console.print(
         f"registered [bold]{result.record.ref}[/bold] ({result.record.format}): {ft.train_examples} examples from "
-        f"{lineage['records']} synthetic records of {lineage['teacher']}, {ft.steps} steps, train loss "
+        f"{lineage['records']} synthetic records of {lineage['teacher']}"
+        + (f", logit KD from {result.record.recipe['kd']['teacher']}" if "kd" in result.record.recipe else "")
+        + f", {ft.steps} steps, train loss "
         f"{ft.train_loss:.4f}, weights {human_size(ft.weight_bytes)}"
     )
 

@@ -66,6 +66,11 @@ def finetune(
     keep_checkpoints: Annotated[int | None, _opt("keep_checkpoints")] = None,
     patience: Annotated[int | None, _opt("patience")] = None,
     resume: Annotated[bool | None, _opt("resume", flag=True)] = None,
+    teacher: Annotated[str | None, _opt("teacher")] = None,
+    kd_loss: Annotated[str | None, _opt("kd_loss")] = None,
+    kd_temperature: Annotated[float | None, _opt("kd_temperature")] = None,
+    kd_weight: Annotated[float | None, _opt("kd_weight")] = None,
+    kd_top_k: Annotated[int | None, _opt("kd_top_k")] = None,
     report_to: Annotated[list[str] | None, _opt("report_to")] = None,
     search: Annotated[Path | None, _opt("search")] = None,
     trials: Annotated[int | None, _opt("trials")] = None,
@@ -80,7 +85,9 @@ def finetune(
     tokens only unless --train-on-prompt. Checkpoints and metrics.jsonl go to
     $SLMOPS_HOME/runs/finetune-OUTPUT/; --resume continues an interrupted run.
     --search SPACE.yaml --trials N tries N settings (Optuna; weak trials pruned) and registers
-    the best. Several processes: torchrun --nproc-per-node 2 -m slmops finetune ...
+    the best. --teacher REF adds logit-level KD from a local model with the same tokenizer:
+    loss = (1 - kd_weight) * CE + kd_weight * KD. Several processes: torchrun
+    --nproc-per-node 2 -m slmops finetune ...
 
     Example: slmops finetune --model smollm2-135m-instruct --data qa.jsonl --text-template "Q: {question}\\nA: {answer}" --method lora --max-steps 30 --output my-adapter
     """  # noqa: E501

@@ -3,24 +3,24 @@
 Accepted synthetic records become prompt/completion pairs (or chat ``messages`` for
 conversations), written to ``$SLMOPS_HOME/runs/distill-OUTPUT/train.jsonl``; then
 :func:`slmops.train.run` trains the student (LoRA, QLoRA or full) exactly as ``slmops finetune``
-would, with every finetune option available. The lineage (teacher, task, recipe hashes and the
-SHA-256 of each synthetic file) goes into the store record's metrics under ``distill``, into
-``distill.json`` in the run folder, and into the recipe itself once :func:`slmops.train.run`
-accepts ``recipe=`` (its ``finish`` step already joins such extras to the recorded recipe).
+would, with every finetune option available, logit-level KD from a local ``teacher`` included.
+The lineage (teacher, task, recipe hashes, the SHA-256 of each synthetic file, the filter counts
+of its generation, and the KD teacher if any) goes into the registered model's recipe under
+``distill`` and into ``distill.json`` in the run folder.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from slmops.data.records import write_jsonl_atomic
-from slmops.distill.journal import read_lines
+from slmops.distill.journal import read_lines, side_path
 from slmops.errors import DataError
 from slmops.models.refs import parse_ref, validate_name
 from slmops.models.store import ModelRecord, ModelStore
@@ -58,6 +58,7 @@ def training_record(line: dict[str, Any], where: str) -> dict[str, Any]:
 def synthetic_examples(paths: Sequence[Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Training records from synthetic files, and their lineage."""
     records: list[dict[str, Any]] = []
+    filters: Counter[str] = Counter()
     teachers: set[str] = set()
     tasks: set[str] = set()
     recipes: set[str] = set()
@@ -69,6 +70,9 @@ def synthetic_examples(paths: Sequence[Path]) -> tuple[list[dict[str, Any]], dic
             teachers.add(str(line.get("teacher")))
             tasks.add(str(line.get("task")))
             recipes.add(str(line.get("recipe")))
+        rejected = side_path(path, "rejected.jsonl")
+        if rejected.is_file():
+            filters.update(str(line.get("reason")) for _, line in read_lines(rejected, skip_torn=True))
     if not records:
         raise DataError(f"{', '.join(map(str, paths))} hold no accepted records.",
                         "Check the rejection counts of `slmops distill generate` (and its .rejected.jsonl file).")
@@ -79,6 +83,7 @@ def synthetic_examples(paths: Sequence[Path]) -> tuple[list[dict[str, Any]], dic
         "recipes": sorted(recipes),
         "synthetic": {str(p.resolve()): file_sha256(p) for p in paths},
         "records": len(records),
+        "filters": {"accepted": len(records), **{f"rejected: {k}": v for k, v in sorted(filters.items())}},
     }
     return records, lineage
 
@@ -109,10 +114,8 @@ def run_train(
     config = load_config(config_file, {**overrides, "model": student, "data": [train_file], "output": output})
     write_jsonl_atomic(train_file, records)  # after every option was validated
     lineage = {**lineage, "train_file": str(train_file), "train_sha256": file_sha256(train_file)}
+    if config.teacher:
+        lineage["kd_teacher"] = config.teacher  # resolved, with the KD settings, in the recipe's "kd"
     (run_dir / "distill.json").write_text(json.dumps(lineage, indent=2) + "\n", encoding="utf-8")
-    if "recipe" in inspect.signature(finetune_run).parameters:  # the recipe records the lineage itself
-        result = finetune_run(config, store, progress, recipe={"distill": lineage})
-    else:
-        result = finetune_run(config, store, progress)
-    record = store.update_metrics(result.record.ref, {"distill": lineage})
-    return DistillTrainResult(result, record, train_file, lineage)
+    result = finetune_run(config, store, progress, recipe={"distill": lineage})
+    return DistillTrainResult(result, result.record, train_file, lineage)
