@@ -59,16 +59,27 @@ def optimize(
     no_task_check: Annotated[
         bool, typer.Option("--no-task-check", help="Perplexity only, even when the lineage names a test set.")
     ] = False,
+    keep_adapters: Annotated[
+        bool,
+        typer.Option(
+            "--keep-adapters", help="ONNX of an adapter: one base plus the adapter as a separate file, not merged."
+        ),
+    ] = False,
+    adapter: Annotated[
+        list[str] | None,
+        typer.Option("--adapter", help="With --keep-adapters: another adapter of the same base to keep (repeat)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Convert a model for deployment and register the result with its lineage.
 
     --to onnx builds an ONNX Runtime GenAI model (onnxruntime-genai's model builder), --to gguf
     writes a GGUF file for llama.cpp and Ollama, --merge folds an adapter into its base (an
-    adapter is merged automatically before --to). Every run measures size and perplexity on
-    held-out text against the source, stores them in the new model's metrics and prints them;
-    when the source's lineage has a test set (an `slmops eval` result in the store, or a
-    fine-tune's eval data) or --eval-data names one, the task metric is compared too.
+    adapter is merged automatically before --to, unless --keep-adapters exports it as a
+    separate adapter file beside one ONNX base, picked per request). Every run measures size
+    and perplexity on held-out text against the source, stores them in the new model's metrics
+    and prints them; when the source's lineage has a test set (an `slmops eval` result in the
+    store, or a fine-tune's eval data) or --eval-data names one, the task metric is compared too.
 
     Example: slmops optimize smollm2-135m-instruct --to onnx --precision int4 --max-ppl-increase 10
     """
@@ -90,6 +101,8 @@ def optimize(
         eval_data=eval_data,
         eval_task=eval_task,
         no_task_check=no_task_check,
+        keep_adapters=keep_adapters,
+        adapters=tuple(adapter or ()),
         store=open_store(),
         progress=status,
     )

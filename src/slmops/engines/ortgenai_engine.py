@@ -7,6 +7,11 @@ stop matcher, and a row ends at any of ``genai_config.json``'s end-of-sequence i
 optimizer writes the chat template's end-of-turn ids there). Greedy requests run together in
 one right-padded batch; a sampling request runs on its own generator seeded with its seed, so
 the same seed gives the same text alone or next to other requests.
+
+A model built with ``--keep-adapters`` carries LoRA adapter files (``adapters.json``): they are
+loaded once with ``og.Adapters``, a request picks one by name (``GenerationRequest.adapter``;
+none means the manifest's default, the adapter the model was optimized from), and requests for
+different adapters run in different batches.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class _Row:
     completion_tokens: int = 0
     finish: FinishReason | None = None
     finished_at: float = 0.0
+    adapter: str | None = None
 
 
 def _load_og() -> Any:
@@ -93,6 +99,21 @@ class OrtGenAIEngine(Engine):
         self.pad_id = int(pad if pad is not None else min(self.eos_ids, default=0))
         self.context_length = int(genai.get("context_length") or 1 << 30)
         self.max_batch_size = max_batch_size
+        self.adapters, self.default_adapter, self._og_adapters = self._load_adapters(path)
+
+    def _load_adapters(self, path: Path) -> tuple[tuple[str, ...], str | None, Any]:
+        from slmops.optimize.onnx_adapters import read_manifest
+
+        manifest = read_manifest(path)
+        if not manifest:
+            return (), None, None
+        loaded = self._og.Adapters(self.og_model)
+        for name, rel in manifest["adapters"].items():
+            try:
+                loaded.load(str(path / rel), name)
+            except Exception as exc:  # onnxruntime raises RuntimeError for a bad or missing file
+                raise InvalidModelError(f"Could not load adapter {name!r} from {path / rel} ({exc}).") from exc
+        return tuple(manifest["adapters"]), manifest.get("default"), loaded
 
     def count_tokens(self, request: GenerationRequest) -> int:
         return len(self.prompt_ids(request))
@@ -123,21 +144,35 @@ class OrtGenAIEngine(Engine):
                     "", finish_reason=row.finish, prompt_tokens=len(row.prompt), completion_tokens=row.completion_tokens
                 )
 
-    def logits(self, ids: Sequence[int]) -> np.ndarray:
+    def logits(self, ids: Sequence[int], adapter: str | None = None) -> np.ndarray:
         """Logits for every position of one token sequence (``[len(ids), vocab]``), for scoring."""
         params = self._og.GeneratorParams(self.og_model)
         params.set_search_options(max_length=min(len(ids) + 1, self.context_length), batch_size=1)
         gen = self._og.Generator(self.og_model, params)
+        self._activate(gen, adapter or self.default_adapter)
         gen.append_tokens(np.asarray([ids], dtype=np.int32))
         return np.asarray(gen.get_output("logits"), dtype=np.float32)[0]
 
     # -- the decode loop ---------------------------------------------------------------------
-    def _new_row(self, index: int, request: GenerationRequest) -> _Row:
-        if getattr(request, "adapter", None):
+    def _activate(self, gen: Any, adapter: str | None) -> None:
+        if adapter is not None:
+            gen.set_active_adapter(self._og_adapters, adapter)
+
+    def _adapter(self, request: GenerationRequest) -> str | None:
+        name = getattr(request, "adapter", None)
+        if name is None:
+            return self.default_adapter
+        if name not in self.adapters:
+            kept = f"its adapters are {', '.join(self.adapters)}" if self.adapters else "it has no separate adapters"
             raise EngineError(
-                f"Adapter {request.adapter!r} was asked for, but ONNX GenAI models run with adapters merged.",
-                "Merge it first: `slmops optimize ADAPTER --to onnx`.",
+                f"Adapter {name!r} was asked for, but {self.path.name} cannot run it ({kept}).",
+                "Keep it at conversion (`slmops optimize ADAPTER --to onnx --keep-adapters --adapter OTHER`), "
+                "or merge it.",
             )
+        return name
+
+    def _new_row(self, index: int, request: GenerationRequest) -> _Row:
+        adapter = self._adapter(request)
         prompt = self.prompt_ids(request)
         room = self.context_length - len(prompt)
         if room < 1:
@@ -148,13 +183,16 @@ class OrtGenAIEngine(Engine):
         decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
         max_new = min(request.params.max_tokens, room)
         return _Row(
-            index, prompt, request.params, max_new, IncrementalDecoder(decode), StopMatcher(request.params.stop)
+            index, prompt, request.params, max_new, IncrementalDecoder(decode), StopMatcher(request.params.stop),
+            adapter=adapter,
         )
 
     def _run(self, requests: Sequence[GenerationRequest]) -> Iterator[tuple[_Row, str]]:
         rows = [self._new_row(i, r) for i, r in enumerate(requests)]  # validates every prompt first
-        greedy = [r for r in rows if r.params.temperature <= 0]
-        groups = [greedy[i : i + self.max_batch_size] for i in range(0, len(greedy), self.max_batch_size)]
+        groups: list[list[_Row]] = []
+        for adapter in dict.fromkeys(r.adapter for r in rows):  # one adapter per generator
+            greedy = [r for r in rows if r.params.temperature <= 0 and r.adapter == adapter]
+            groups += [greedy[i : i + self.max_batch_size] for i in range(0, len(greedy), self.max_batch_size)]
         groups += [[r] for r in rows if r.params.temperature > 0]
         for group in groups:
             yield from self._decode(group)
@@ -176,6 +214,7 @@ class OrtGenAIEngine(Engine):
         params = self._og.GeneratorParams(self.og_model)
         params.set_search_options(**options)
         gen = self._og.Generator(self.og_model, params)
+        self._activate(gen, rows[0].adapter)
         gen.append_tokens(tokens)
         active = list(range(len(rows)))
         while active:

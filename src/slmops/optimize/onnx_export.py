@@ -83,8 +83,11 @@ def build_onnx(
     accuracy_level: int | None = None,
     algorithm: str | None = None,
     cache_dir: Path | None = None,
+    adapter: Path | None = None,
 ) -> dict[str, Any]:
-    """Build ``out_dir`` from the Hugging Face folder ``hf_dir``; returns the builder options used."""
+    """Build ``out_dir`` from the Hugging Face folder ``hf_dir``; returns the builder options used.
+    With ``adapter`` (a PEFT LoRA folder) the graph gets its LoRA paths, unquantized, beside the
+    base weights (see :mod:`slmops.optimize.onnx_adapters`)."""
     try:
         from onnxruntime_genai.models import builder
     except ImportError as exc:
@@ -93,6 +96,13 @@ def build_onnx(
             "Install them: pip install onnxruntime-genai onnx onnx-ir",
         ) from exc
     extra = builder_options(precision, block_size, symmetric, accuracy_level, algorithm)
+    if adapter is not None:
+        from slmops.optimize.onnx_adapters import lora_nodes, target_modules
+
+        extra.append(f"adapter_path={adapter}")
+        if precision in ("int4", "int8"):
+            layers = int(json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"])
+            extra.append("nodes_to_exclude=" + ",".join(lora_nodes(layers, target_modules(adapter))))
     cache = cache_dir or out_dir.parent / f"{out_dir.name}-cache"
     log = io.StringIO()
     logging.disable(logging.ERROR)  # onnxruntime's quantizer logs every node at INFO on its own handler

@@ -51,6 +51,8 @@ class OptimizeConfig:
     eval_data: str | None = None  # FILE or builtin:NAME; default: a test set from the source's lineage
     eval_task: str | None = None  # the task --eval-data is scored as (a built-in set knows its own)
     no_task_check: bool = False  # perplexity only, even when the lineage names a test set
+    keep_adapters: bool = False  # onnx: the adapter as a separate file next to one base (not merged)
+    adapters: tuple[str, ...] = ()  # more adapters of the same base to keep beside the source's
 
     @property
     def effective_precision(self) -> str:
@@ -84,6 +86,12 @@ class OptimizeConfig:
             p.append("--eval-task applies to --eval-data")
         if self.no_task_check and self.eval_data is not None:
             p.append("--no-task-check contradicts --eval-data")
+        if self.keep_adapters and self.to != "onnx":
+            p.append("--keep-adapters applies to --to onnx (GGUF and --merge fold the adapter in)")
+        if self.keep_adapters and source_format not in (None, "peft-adapter"):
+            p.append(f"--keep-adapters needs a PEFT adapter as the source, and it is a {source_format} model")
+        if self.adapters and not self.keep_adapters:
+            p.append("--adapter (more adapters to keep) needs --keep-adapters")
         if self.strict and self.max_ppl_increase is None:
             p.append("--strict needs --max-ppl-increase (the limit it enforces)")
         if self.output is not None:
@@ -103,6 +111,7 @@ class OptimizeConfig:
             if self.effective_precision in ("int4", "int8"):
                 parts += [f"b{self.block_size}"] if self.block_size != 32 else []
                 parts += [] if self.symmetric else ["asym"]
+            parts += ["adapters"] if self.keep_adapters else []
             return "-".join(parts + (["cuda"] if self.device == "cuda" else []))
         return f"gguf-{self.effective_quant}" if self.to == "gguf" else "merged"
 
@@ -142,16 +151,16 @@ def default_output(source: ResolvedModel, config: OptimizeConfig) -> str:
     return validate_name(f"{base[: 99 - len(suffix)]}-{suffix}")
 
 
-def _source_hf(
-    source: ResolvedModel, store: ModelStore, work: Path, say: Progress
-) -> tuple[Path, ResolvedModel | None]:
-    """A Hugging Face folder holding the source's weights, and the adapter's base (if any)."""
-    if source.format == "hf":
-        return source.path, None
-    if source.format == "gguf":
-        say(f"dequantizing {source.label} to float32 for conversion")
-        gguf_to_hf(Path(source.load_dir) / str(source.gguf_file), work / "hf")
-        return work / "hf", None
+def _hf_dir(model: ResolvedModel, work: Path, say: Progress) -> Path:
+    """A Hugging Face folder with ``model``'s weights (a GGUF is dequantized into ``work``)."""
+    if model.format == "gguf":
+        say(f"dequantizing {model.label} to float32 for conversion")
+        gguf_to_hf(Path(model.load_dir) / str(model.gguf_file), work / "hf")
+        return work / "hf"
+    return model.path
+
+
+def _adapter_base(source: ResolvedModel, store: ModelStore) -> ResolvedModel:
     base_ref = source.record.base if source.record else None
     if base_ref is None:
         raise SlmopsError(
@@ -161,15 +170,57 @@ def _source_hf(
     base = resolve(base_ref, store)
     if base.format not in ("hf", "gguf"):
         raise SlmopsError(f"The base of {source.label} ({base.label}) is a {base.format} artifact, not a model.")
+    return base
+
+
+def _kept_adapters(source: ResolvedModel, refs: tuple[str, ...], store: ModelStore) -> dict[str, Path]:
+    """Name -> PEFT folder of the source adapter and every ``--adapter``, all on the source's base."""
+    kept = {source.record.name if source.record else source.path.name: source.path}
+    for ref in refs:
+        other = resolve(ref, store)
+        if other.format != "peft-adapter" or other.record is None or other.record.base != source.record.base:
+            raise SlmopsError(
+                f"--adapter {ref}: not a stored PEFT adapter of {source.record.base if source.record else 'the base'}.",
+                "Kept adapters must share the source adapter's base model.",
+            )
+        if other.record.name in kept:
+            raise SlmopsError(f"--adapter {ref}: an adapter named {other.record.name!r} is already kept.")
+        kept[other.record.name] = other.path
+    return kept
+
+
+def _source_hf(
+    source: ResolvedModel, store: ModelStore, work: Path, say: Progress, *, keep_adapters: bool = False
+) -> tuple[Path, ResolvedModel | None]:
+    """A Hugging Face folder holding the source's weights, and the adapter's base (if any); with
+    ``keep_adapters`` an adapter's base folder itself (the adapter is not merged)."""
+    if source.format in ("hf", "gguf"):
+        return _hf_dir(source, work, say), None
+    base = _adapter_base(source, store)
+    if keep_adapters:
+        return _hf_dir(base, work, say), base
     say(f"merging adapter {source.label} into {base.label}")
     merge_adapter(source.path, base.load_dir, work / "merged", base_gguf=base.gguf_file)
     return work / "merged", base
 
 
-def _convert(config: OptimizeConfig, hf_dir: Path, out: Path, name: str, say: Progress) -> dict[str, Any]:
+def _convert(
+    config: OptimizeConfig, hf_dir: Path, out: Path, name: str, say: Progress, kept: dict[str, Path] | None = None
+) -> dict[str, Any]:
     """Write the target artifact into ``out``; returns what the converter reports."""
     if config.to == "onnx":
         say(f"building ONNX GenAI {config.effective_precision} for {config.device} (onnxruntime-genai model builder)")
+        if kept:
+            from slmops.optimize.onnx_adapters import keep_adapters
+
+            default, first = next(iter(kept.items()))
+            details = build_onnx(
+                hf_dir, out, precision=config.effective_precision, device=config.device,
+                block_size=config.block_size, symmetric=config.symmetric, accuracy_level=config.accuracy_level,
+                algorithm=config.algorithm, cache_dir=out.parent / "builder-cache", adapter=first,
+            )
+            say(f"writing {len(kept)} adapter file(s) beside the base: {', '.join(kept)}")
+            return {**details, "adapters": keep_adapters(out, kept, default)}
         return build_onnx(
             hf_dir,
             out,
@@ -212,13 +263,14 @@ def optimize(
         store.staging("optimize") as stage,
         disk_errors(f"optimizing {source.label}", store.home),
     ):
-        hf_dir, base = _source_hf(source, store, work, say)
+        hf_dir, base = _source_hf(source, store, work, say, keep_adapters=config.keep_adapters)
         if base is not None:
             source_size += folder_size(base.path)
-        details = _convert(config, hf_dir, stage / "model", name, say)
+        kept = _kept_adapters(source, config.adapters, store) if config.keep_adapters else None
+        details = _convert(config, hf_dir, stage / "model", name, say, kept)
         fmt, params = inspect(stage / "model")
         say("measuring perplexity on held-out text: source, then result")
-        if config.to is None and base is not None:  # a plain merge is checked against base + adapter
+        if base is not None and (config.to is None or config.keep_adapters):  # against base + adapter
             src_ppl, _ = quality.score(
                 source.path, "peft-adapter", text, base_dir=base.load_dir, base_gguf=base.gguf_file
             )
@@ -240,6 +292,7 @@ def optimize(
                 "Use a higher precision (e.g. int8 or q8_0), a smaller --block-size, or raise the limit.",
             )
         parents = [source.record.ref] if source.record else []
+        parents += [resolve(r, store).label for r in config.adapters]
         recipe = {"kind": "optimize", "source": source.label, **_json_options(config), **details}
         write_provenance(
             stage / "model",
