@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from slmops.data.records import write_jsonl_atomic
-from slmops.engines.base import Engine, GenerationParams, GenerationRequest, GenerationResult
+from slmops.engines.base import Engine, GenerationRequest, GenerationResult
 
 
 @dataclass(frozen=True)
@@ -75,33 +75,3 @@ def generate_file(
         ),
     )
     return summary
-
-
-DEMO_PROMPTS = (
-    "What is the capital of France?",
-    "Give me three tips for staying focused while studying.",
-    "Translate 'good morning' into Spanish.",
-    "What is 12 plus 30?",
-    "Write one sentence describing the ocean.",
-)
-
-
-@dataclass(frozen=True)
-class DemoRow:
-    prompt: str
-    answer: str
-    tokens: int
-    tokens_per_second: float
-
-
-def run_demo(
-    engine: Engine, prompts: tuple[str, ...] = DEMO_PROMPTS, max_tokens: int = 64
-) -> tuple[list[DemoRow], BatchSummary]:
-    """Answer the built-in prompts in one batch through the engine."""
-    params = GenerationParams(max_tokens=max_tokens, seed=0)
-    results, summary = generate_batches(engine, [GenerationRequest.chat(p, params) for p in prompts])
-    rows = [
-        DemoRow(p, r.text.strip(), r.completion_tokens, r.tokens_per_second)
-        for p, r in zip(prompts, results, strict=True)
-    ]
-    return rows, summary

@@ -23,6 +23,7 @@ from slmops.cli import generate as generate_cmds
 from slmops.cli import models as models_cmds
 from slmops.cli import optimize as optimize_cmds
 from slmops.cli import ops as ops_cmds
+from slmops.cli import pipeline as pipeline_cmds
 from slmops.cli import prune as prune_cmds
 from slmops.cli import serve as serve_cmds
 from slmops.cli.common import err_console
@@ -38,7 +39,9 @@ app = typer.Typer(
 app.add_typer(models_cmds.app, name="models")
 app.command("generate")(generate_cmds.generate)
 app.command("chat")(generate_cmds.chat)
-app.command("demo")(generate_cmds.demo)
+app.command("demo")(pipeline_cmds.demo)
+app.command("run")(pipeline_cmds.run_cmd)
+app.add_typer(pipeline_cmds.runs_app, name="runs")
 app.command("eval")(evaluate_cmds.eval_cmd)
 app.command("finetune")(finetune_cmds.finetune)
 app.command("optimize")(optimize_cmds.optimize)

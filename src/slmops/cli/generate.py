@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from slmops.cli.common import (
     JsonOpt,
@@ -29,8 +28,7 @@ from slmops.data.prompts import read_prompt_file
 from slmops.engines import open_engine
 from slmops.engines.base import GenerationRequest, Message
 from slmops.errors import SlmopsError
-from slmops.generate import DEMO_PROMPTS, generate_batches, generate_file, run_demo
-from slmops.models.catalog import DEFAULT_MODEL
+from slmops.generate import generate_batches, generate_file
 
 RefArg = Annotated[str, typer.Argument(help="Model: name, name:version, name@alias, a path, or an OpenAI URL#model.")]
 
@@ -138,34 +136,3 @@ def chat(
                 err_console.print("\n[dim]interrupted[/dim]")
             console.out("")
             history.append(Message("assistant", "".join(reply)))
-
-
-def demo(
-    model: Annotated[str, typer.Option("--model", help="Model to run the demo on.")] = DEFAULT_MODEL,
-    max_tokens: MaxTokensOpt = 64,
-    threads: ThreadsOpt = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Pull the default model (once) and answer a handful of built-in prompts in one batch.
-
-    Example: slmops demo
-    """
-    engine = open_engine(model, open_store(), threads=threads, progress=status)
-    status(f"answering {len(DEMO_PROMPTS)} prompts in one batch on {model}")
-    with engine:
-        rows, summary = run_demo(engine, max_tokens=max_tokens)
-    if as_json:
-        print_json({"model": model, "rows": [asdict(r) for r in rows], "summary": summary.to_dict()})
-        return
-    table = Table(title=f"slmops demo: {model}", show_lines=True)
-    table.add_column("prompt", ratio=2)
-    table.add_column("answer", ratio=4)
-    table.add_column("tokens", justify="right")
-    table.add_column("tokens/s", justify="right")
-    for r in rows:
-        table.add_row(r.prompt, r.answer, str(r.tokens), f"{r.tokens_per_second:.1f}")
-    console.print(table)
-    console.print(
-        f"{summary.records} answers, {summary.completion_tokens} tokens in {summary.seconds:.1f} s "
-        f"({summary.tokens_per_second:.1f} tokens/s batched)"
-    )

@@ -174,3 +174,37 @@ def alias(
         print_json(rec.to_dict())
     else:
         console.print(f"{rec.name}@{alias_name} {'removed' if delete else '-> ' + rec.ref}")
+
+
+@app.command("lineage")
+def lineage_cmd(
+    ref: Annotated[str, typer.Argument(help="Model: name[:version|@alias].")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Show how a model was made: the chain back through every step (register, optimize,
+    distill or finetune, prune, pull) to the data files with their hashes and the teacher, with
+    the metrics measured at each stage.
+
+    Example: slmops models lineage support-router@prod
+    """
+    from slmops.models.lineage import lineage
+
+    nodes = lineage(open_store(), ref)
+    if as_json:
+        print_json([n.to_dict() for n in nodes])
+        return
+    for n in nodes:
+        pad = "    " * n.depth
+        r = n.record
+        aliases = f" @{', @'.join(r.aliases)}" if r.aliases else ""
+        head = f"{pad}[bold]{r.ref}[/bold]{aliases}  {n.step} · {r.format} · {human_size(r.size_bytes)}"
+        console.print(head + (f" · {human_count(r.parameters)} params" if r.parameters else ""), highlight=False)
+        if n.details:
+            console.print(pad + "  settings: " + ", ".join(f"{k}={v}" for k, v in n.details.items()), highlight=False)
+        for what, digest in n.inputs.items():
+            console.print(f"{pad}  input: {what}  {digest[:16] if len(digest) == 64 else digest}", highlight=False)
+        shown = {k: v for k, v in n.metrics.items() if not k.endswith(("_at", "seed"))}
+        if shown:
+            items = list(shown.items())[:12]
+            text = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in items)
+            console.print(f"{pad}  metrics: {text}", highlight=False)

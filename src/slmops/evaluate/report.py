@@ -147,7 +147,7 @@ def render_markdown(report: EvalReport) -> str:
 
 
 # -- HTML ------------------------------------------------------------------------------------
-_CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ddd;padding:4px 8px;text-align:right}
 td:first-child,th:first-child{text-align:left}th{background:#f4f6f8}tr.sec td{background:#fafafa;font-weight:600}
 .charts{display:flex;flex-wrap:wrap;gap:1.5em}figure{margin:0}figcaption{font-weight:600;margin-bottom:.3em}
@@ -191,7 +191,7 @@ def render_html(report: EvalReport) -> str:
     failed = "".join(f"<p><b>{esc(m.ref)} failed:</b> {esc(m.error or '')}</p>" for m in report.models if not m.ok)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>slmops eval: {esc(report.task)} on {esc(report.dataset)}</title><style>{_CSS}</style></head><body>"
+        f"<title>slmops eval: {esc(report.task)} on {esc(report.dataset)}</title><style>{CSS}</style></head><body>"
         f"<h1>Evaluation: {esc(report.task)} on {esc(report.dataset)}</h1>"
         f"<p class=\"muted\">{esc(report.data)} · {esc(record_summary(report))} · primary metric "
         f"{esc(report.primary_metric)} (*), 95% bootstrap intervals in brackets · {esc(report.created_at)}</p>"
@@ -200,7 +200,7 @@ def render_html(report: EvalReport) -> str:
 
 
 # -- files -----------------------------------------------------------------------------------
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         tmp.write_text(text, encoding="utf-8")
@@ -215,7 +215,7 @@ def write_reports(report: EvalReport, out_dir: Path) -> EvalReport:
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {kind: str((out_dir / name).resolve()) for kind, name in REPORT_FILES.items()}
     report = replace(report, report_files=files)
-    _write_atomic(Path(files["json"]), json.dumps(report.to_dict(), indent=2, ensure_ascii=False, default=str) + "\n")
-    _write_atomic(Path(files["markdown"]), render_markdown(report))
-    _write_atomic(Path(files["html"]), render_html(report))
+    write_atomic(Path(files["json"]), json.dumps(report.to_dict(), indent=2, ensure_ascii=False, default=str) + "\n")
+    write_atomic(Path(files["markdown"]), render_markdown(report))
+    write_atomic(Path(files["html"]), render_html(report))
     return report

@@ -128,3 +128,43 @@ def heatmap(confusion: Confusion, cell: int = 46) -> str:
                        f'fill="{text_fill}">{value}</text>')
     out.append("</g></svg>")
     return "".join(out)
+
+
+def lines(series: dict[str, Sequence[tuple[float, float]]], x_label: str, y_label: str,
+          width: int = 520, height: int = 300) -> str:
+    """One polyline per named series (e.g. train and eval loss against the step), with a legend."""
+    left, right, top, bottom = 56, 20, 24, 42
+    pw, ph = width - left - right, height - top - bottom
+    points = [p for s in series.values() for p in s]
+    x_max = _nice_max(max((x for x, _ in points), default=1))
+    y_max = _nice_max(max((y for _, y in points), default=1) * 1.05)
+
+    def sx(x: float) -> float:
+        return left + pw * x / x_max
+
+    def sy(y: float) -> float:
+        return top + ph * (1 - max(0.0, y) / y_max)
+
+    out = [_open(width, height, f"{y_label} vs {x_label}"), f'<g {FONT} fill="#444">']
+    for i in range(6):
+        gx, gy = x_max * i / 5, y_max * i / 5
+        out.append(f'<line x1="{left}" y1="{sy(gy):.1f}" x2="{left + pw}" y2="{sy(gy):.1f}" stroke="#eee"/>')
+        out.append(f'<text x="{sx(gx):.1f}" y="{top + ph + 14}" text-anchor="middle">{gx:g}</text>')
+        out.append(f'<text x="{left - 6}" y="{sy(gy) + 4:.1f}" text-anchor="end">{gy:g}</text>')
+    out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
+    out.append(f'<text x="{left + pw / 2}" y="{height - 6}" text-anchor="middle">{escape(x_label)}</text>')
+    out.append(f'<text transform="translate(14 {top + ph / 2}) rotate(-90)" text-anchor="middle">'
+               f"{escape(y_label)}</text>")
+    for i, (name, pts) in enumerate(series.items()):
+        color = PALETTE[i % len(PALETTE)]
+        coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
+        out.append(f'<polyline class="series" points="{coords}" fill="none" stroke="{color}" stroke-width="2">'
+                   f"<title>{escape(name)}</title></polyline>")
+        if len(pts) == 1:
+            out.append(f'<circle cx="{sx(pts[0][0]):.1f}" cy="{sy(pts[0][1]):.1f}" r="3" fill="{color}"/>')
+        out.append(f'<text x="{left + pw - 6}" y="{top + 14 + 14 * i}" text-anchor="end" fill="{color}">'
+                   f"{escape(name)}</text>")
+    if not points:
+        out.append(f'<text x="{left + pw / 2}" y="{top + ph / 2}" text-anchor="middle">no data</text>')
+    out.append("</g></svg>")
+    return "".join(out)

@@ -1,0 +1,210 @@
+"""``run_pipeline(spec) -> PipelineRun``: the steps in order, each from the cache when it can be.
+
+Reads top to bottom. A run gets a folder (``$SLMOPS_HOME/pipelines/runs/ID``) with the spec
+as written, ``state.json`` (every step's status, key, timing and outputs, rewritten
+atomically after each change) and the report. For each step: resolve its ``${steps...}``
+references, compute its key (a hash of the kind, the resolved settings, the content of every
+file and model it reads, and the slmops version), and either take the outputs cached under
+that key or run it. A step that re-runs registers new model versions, which changes the keys
+of the steps reading them, so exactly the changed step and what depends on it run again.
+Interrupted work is kept under the step's key, so a killed pipeline, run again, resumes
+inside the step it was in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from slmops.errors import SlmopsError
+from slmops.models.store import ModelStore
+from slmops.pipeline.cache import cached, pipelines_dir, remember, step_key
+from slmops.pipeline.spec import PipelineSpec, StepSpec, substitute
+from slmops.pipeline.steps import RUNNERS, GateFailed, Observer, StepContext
+
+
+@dataclass
+class StepState:
+    name: str
+    kind: str
+    status: str = "pending"  # pending | running | done | cached | failed | skipped
+    key: str | None = None
+    seconds: float = 0.0
+    outputs: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PipelineRun:
+    id: str
+    dir: Path
+    pipeline: str
+    source: str
+    status: str  # running | succeeded | failed | gate-failed | interrupted
+    started_at: str
+    finished_at: str | None
+    steps: dict[str, StepState]
+    vars: dict[str, Any] = field(default_factory=dict)
+    pid: int = 0
+    report_files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds for s in self.steps.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["dir"] = str(self.dir)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PipelineRun:
+        steps = {k: StepState(**v) for k, v in data["steps"].items()}
+        return cls(**{**data, "dir": Path(data["dir"]), "steps": steps})
+
+    def save(self) -> None:
+        tmp = self.dir / f".state.json.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, self.dir / "state.json")
+
+
+# -- the run ---------------------------------------------------------------------------------
+def _lookup(run: PipelineRun) -> Any:
+    def lookup(expr: str) -> Any:
+        parts = expr.split(".")
+        if parts[0] == "steps":
+            parts = parts[1:]
+        if not parts or parts[0] not in run.steps:
+            raise KeyError(f"unknown step {parts[0] if parts else ''!r}")
+        value: Any = run.steps[parts[0]].outputs
+        for i, part in enumerate(parts[1:], 1):
+            if not isinstance(value, dict) or part not in value:
+                have = ", ".join(value) if isinstance(value, dict) else type(value).__name__
+                raise KeyError(f"${{steps.{'.'.join(parts[:i + 1])}}} does not exist (outputs there: {have})")
+            value = value[part]
+        return value
+
+    return lookup
+
+
+def _resolve(step: StepSpec, run: PipelineRun) -> dict[str, Any]:
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    settings = substitute(step.settings, _lookup(run), ("steps", step.name), problems, "steps")
+    if problems:
+        raise SlmopsError(f"Step {step.name!r}: " + "; ".join(m for _, m in problems) + ".",
+                          "Reference an output the earlier step produces (`slmops runs show ID` lists them).")
+    return settings
+
+
+def new_run(spec: PipelineSpec, store: ModelStore) -> PipelineRun:
+    started = datetime.now(UTC)
+    run_id = f"{spec.name}-{started.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    folder = pipelines_dir(store) / "runs" / run_id
+    folder.mkdir(parents=True)
+    (folder / "pipeline.yaml").write_text(spec.text, encoding="utf-8")
+    run = PipelineRun(run_id, folder, spec.name, spec.source, "running", started.isoformat(timespec="seconds"),
+                      None, {s.name: StepState(s.name, s.kind) for s in spec.steps}, dict(spec.vars), os.getpid())
+    run.save()
+    return run
+
+
+def run_pipeline(
+    spec: PipelineSpec,
+    *,
+    store: ModelStore | None = None,
+    observer: Observer | None = None,
+    force: Sequence[str] = (),
+    report_dir: Path | None = None,
+) -> PipelineRun:
+    """Run ``spec``; steps named in ``force`` (or ``"all"``) ignore the cache. A failing step
+    (or gate) stops the run: its error is raised after the state and the report are written."""
+    from slmops.pipeline.report import write_report
+
+    store = store or ModelStore()
+    observer = observer or Observer()
+    unknown = [f for f in force if f != "all" and f not in {s.name for s in spec.steps}]
+    if unknown:
+        raise SlmopsError(f"--force names unknown steps: {', '.join(unknown)}.",
+                          f"Steps: {', '.join(s.name for s in spec.steps)} (or 'all').")
+    run = new_run(spec, store)
+    error: BaseException | None = None
+    try:
+        for index, step in enumerate(spec.steps, 1):
+            _run_step(step, index, spec, run, store, observer, "all" in force or step.name in force)
+        run.status = "succeeded"
+    except GateFailed as exc:
+        run.status, error = "gate-failed", exc
+    except SlmopsError as exc:
+        run.status, error = "failed", exc
+    except BaseException as exc:
+        run.status, error = ("interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"), exc
+    finally:
+        for s in run.steps.values():
+            if s.status in ("pending", "running"):
+                s.status = "skipped" if s.status == "pending" else "failed"
+        run.finished_at = datetime.now(UTC).isoformat(timespec="seconds")
+        run.save()
+    try:
+        run.report_files = write_report(run, spec, report_dir)
+        run.save()
+    except Exception as exc:  # a report problem must not hide the pipeline's own outcome
+        observer.message(f"could not write the report: {exc}")
+        if error is None:
+            raise
+    if error is not None:
+        raise error
+    return run
+
+
+def _run_step(step: StepSpec, index: int, spec: PipelineSpec, run: PipelineRun, store: ModelStore,
+              observer: Observer, forced: bool) -> None:
+    state = run.steps[step.name]
+    observer.step_started(step.name, step.kind, index, len(spec.steps))
+    upstream = [n for n in step.needs if run.steps[n].status not in ("done", "cached")]
+    if upstream:
+        state.status = "skipped"
+        run.save()
+        return
+    settings = _resolve(step, run)
+    state.settings, state.key = settings, step_key(step.kind, settings, store)
+    outputs = cached(store, state.key) if step.cache and not forced else None
+    if outputs is not None:
+        state.status, state.outputs = "cached", outputs
+        run.save()
+        observer.step_finished(step.name, "cached", 0.0, outputs)
+        return
+    state.status = "running"
+    run.save()
+    work = pipelines_dir(store) / "work" / state.key[:20]
+    work.mkdir(parents=True, exist_ok=True)
+    ctx = StepContext(store, spec.name, step.name, work, run.dir, observer, step.settings, _lookup(run))
+    t0 = time.perf_counter()
+    try:
+        state.outputs = RUNNERS[step.kind](settings, ctx)
+    except GateFailed as exc:
+        state.status, state.outputs, state.error = "failed", exc.outputs, str(exc)
+        raise
+    except SlmopsError as exc:
+        state.status, state.error = "failed", str(exc)
+        raise
+    except BaseException as exc:
+        state.status = "failed"
+        state.error = "".join(traceback.format_exception_only(exc)).strip() or type(exc).__name__
+        raise
+    finally:
+        state.seconds = round(time.perf_counter() - t0, 2)
+        run.save()
+    state.status = "done"
+    run.save()
+    if step.cache:
+        remember(store, state.key, state.name, state.kind, state.seconds, state.outputs)
+    observer.step_finished(step.name, "done", state.seconds, state.outputs)
