@@ -32,7 +32,7 @@ def load_for_training(resolved: ResolvedModel, config: FinetuneConfig) -> Any:
     else:
         model = _add_lora(model, config)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         if config.lora:
             model.enable_input_require_grads()
     return model
