@@ -337,3 +337,20 @@ def test_cli_run_reports_errors_in_one_line(tmp_path: Path, home: Path) -> None:
     assert isinstance(missing.exception, SlmopsError) and "No pipeline run 'nope'" in str(missing.exception)
     shown = CliRunner().invoke(app, ["demo", "--show-pipeline"])
     assert shown.exit_code == 0 and "kind: distill" in shown.stdout
+
+
+def test_mlflow_tracking_records_a_parent_run_and_one_run_per_step(store: ModelStore) -> None:
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    spec = parse_spec("name: tracked\nvars: {limit: 3}\nsteps:\n  g: {kind: gate, checks: ['${vars.limit} > 2']}\n")
+    run = run_pipeline(spec, store=store, report_to=["mlflow"])
+    client = MlflowClient(f"sqlite:///{store.home / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("slmops-pipeline-tracked")
+    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    assert set(runs) == {run.id, "g"}
+    assert runs["g"].data.tags["mlflow.parentRunId"] == runs[run.id].info.run_id
+    assert runs["g"].data.metrics["passed"] == 1.0 and runs["g"].data.params["checks"] == "['3 > 2']"
+    assert runs[run.id].data.params["vars.limit"] == "3" and runs[run.id].info.status == "FINISHED"
+    with pytest.raises(SlmopsError, match="mlflow only"):
+        run_pipeline(spec, store=store, report_to=["wandb"])

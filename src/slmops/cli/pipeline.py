@@ -30,6 +30,7 @@ runs_app = typer.Typer(help="List, show and compare pipeline runs.", no_args_is_
 
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a pipeline variable: NAME=VALUE (repeat).")]
 ForceOpt = Annotated[list[str] | None, typer.Option("--force", help="Re-run this step even if cached (repeat; 'all').")]
+ReportToOpt = Annotated[list[str] | None, typer.Option("--report-to", help="Also track the run in: mlflow.")]
 ReportOpt = Annotated[Path | None, typer.Option("--report-dir", help="Also copy report.md and report.html here.")]
 
 
@@ -114,6 +115,7 @@ def run_cmd(
     set_: SetOpt = None,
     force: ForceOpt = None,
     report_dir: ReportOpt = None,
+    report_to: ReportToOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a pipeline: steps in order, each from the cache when its inputs and settings are
@@ -125,7 +127,7 @@ def run_cmd(
     spec = load_spec(file, parse_assignments(set_))
     store = open_store()
     run = _execute(lambda obs: run_pipeline(spec, store=store, observer=obs, force=tuple(force or ()),
-                                            report_dir=report_dir), as_json)
+                                            report_dir=report_dir, report_to=tuple(report_to or ())), as_json)
     if as_json:
         print_json(run.to_dict())
     else:

@@ -124,9 +124,11 @@ def run_pipeline(
     observer: Observer | None = None,
     force: Sequence[str] = (),
     report_dir: Path | None = None,
+    report_to: Sequence[str] = (),
 ) -> PipelineRun:
-    """Run ``spec``; steps named in ``force`` (or ``"all"``) ignore the cache. A failing step
-    (or gate) stops the run: its error is raised after the state and the report are written."""
+    """Run ``spec``; steps named in ``force`` (or ``"all"``) ignore the cache; ``report_to``
+    ``["mlflow"]`` tracks the run in MLflow. A failing step (or gate) stops the run: its error is
+    raised after the state and the report are written."""
     from slmops.pipeline.report import write_report
 
     store = store or ModelStore()
@@ -135,11 +137,21 @@ def run_pipeline(
     if unknown:
         raise SlmopsError(f"--force names unknown steps: {', '.join(unknown)}.",
                           f"Steps: {', '.join(s.name for s in spec.steps)} (or 'all').")
+    if any(r != "mlflow" for r in report_to):
+        raise SlmopsError(f"--report-to {', '.join(report_to)}: pipelines report to mlflow only.")
     run = new_run(spec, store)
+    tracker = None
+    if report_to:
+        from slmops.pipeline.tracking import MlflowTracker
+
+        tracker = MlflowTracker(store.home, spec.name, run.id, spec.vars)
     error: BaseException | None = None
     try:
         for index, step in enumerate(spec.steps, 1):
             _run_step(step, index, spec, run, store, observer, "all" in force or step.name in force)
+            if tracker is not None:
+                s = run.steps[step.name]
+                tracker.step(s.name, s.kind, s.status, s.seconds, s.settings, s.outputs)
         run.status = "succeeded"
     except GateFailed as exc:
         run.status, error = "gate-failed", exc
@@ -160,6 +172,8 @@ def run_pipeline(
         observer.message(f"could not write the report: {exc}")
         if error is None:
             raise
+    if tracker is not None:
+        tracker.close(run.status == "succeeded", list(run.report_files.values()))
     if error is not None:
         raise error
     return run
