@@ -75,3 +75,33 @@ def test_adapter_choice_errors_are_clear(store, base, base_dir, tmp_path):
     other = import_model(store, base_dir, "other").ref
     with pytest.raises(EngineError, match=f"not trained on {other}: {ad} \\(trained on {base}\\)"):
         open_engine(f"{other}+{ad}", store)
+
+
+def test_generate_and_chat_pick_an_adapter(store, base, two_adapters, tmp_path):
+    from typer.testing import CliRunner
+
+    from slmops.cli import app
+
+    en, sw = two_adapters
+    runner = CliRunner()
+
+    def ask(ref: str, *extra: str) -> str:
+        args = ["generate", ref, *extra, "--raw", "--max-tokens", "8", "--json", "--prompt", f"Q: {QUESTIONS[0]}\nA: "]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)["text"]
+
+    assert ask(base, "--adapter", en) == "Rome"
+    assert ask(base, "--adapter", sw) == "Paris"
+    assert ask(f"{base}+{en},{sw}", "--adapter", sw) == "Paris"
+    assert ask(base) not in ("Rome", "Paris")  # the base alone
+    prompts = write(tmp_path / "prompts.jsonl", [{"prompt": f"Q: {q}\nA: "} for q in QUESTIONS])
+    out = tmp_path / "answers.jsonl"
+    result = runner.invoke(app, ["generate", base, "--adapter", sw, "--input", str(prompts), "--output", str(out),
+                                 "--raw", "--max-tokens", "8"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert [json.loads(x)["output"] for x in out.read_text().splitlines()] == ["Paris", "Rome", "2"]
+    wrong = runner.invoke(app, ["generate", f"{base}+{en}", "--adapter", sw, "--prompt", "hi"])
+    assert f"--adapter {sw} is not one of the adapters opened with {base}+{en}" in str(wrong.exception)
+    chat = runner.invoke(app, ["chat", base, "--adapter", en, "--max-tokens", "4", "--seed", "1"], input="Hi\n/exit\n")
+    assert chat.exit_code == 0 and f"chatting with {base} with adapter {en}" in chat.output

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -26,11 +26,29 @@ from slmops.cli.common import (
 )
 from slmops.data.prompts import read_prompt_file
 from slmops.engines import open_engine
-from slmops.engines.base import GenerationRequest, Message
+from slmops.engines.adapters import parse_multi_ref
+from slmops.engines.base import Engine, GenerationRequest, Message
 from slmops.errors import SlmopsError
 from slmops.generate import generate_batches, generate_file
 
 RefArg = Annotated[str, typer.Argument(help="Model: name, name:version, name@alias, a path, or an OpenAI URL#model.")]
+AdapterOpt = Annotated[
+    str | None,
+    typer.Option("--adapter", "-a", help="Use this LoRA adapter on the base REF (REF = BASE+A,B: one of those)."),
+]
+
+
+def open_with_adapter(ref: str, adapter: str | None, threads: int | None) -> Engine:
+    """The engine for ``ref``; with ``adapter``, the base holding that adapter (``BASE+ADAPTER``),
+    or, when ``ref`` already names several (``BASE+A,B``), the same engine, checked to hold it."""
+    if adapter is not None:
+        multi = parse_multi_ref(ref)
+        if multi is None:
+            ref = f"{ref}+{adapter}"
+        elif adapter not in multi[1]:
+            raise SlmopsError(f"--adapter {adapter} is not one of the adapters opened with {ref}.",
+                              f"Pick one of: {', '.join(multi[1])}, or add it after the '+'.")  # fmt: skip
+    return open_engine(ref, open_store(), threads=threads, progress=status)
 
 
 def generate(
@@ -46,15 +64,17 @@ def generate(
     stop: StopOpt = None,
     seed: SeedOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Prompts per batch for --input.")] = 32,
+    adapter: AdapterOpt = None,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Answer one prompt (streamed) or a whole prompts file (batched).
 
     Records in --input have a 'prompt' string or a 'messages' list; --output gets each
-    record back with 'output', 'finish_reason' and token counts.
+    record back with 'output', 'finish_reason' and token counts. --adapter NAME answers with
+    one of the LoRA adapters trained on the base REF (the base is loaded once, unmerged).
 
-    Example: slmops generate smollm2-135m-instruct --prompt "What is the capital of France?"
+    Example: slmops generate smollm2-135m-instruct --adapter my-adapter --prompt "What is the capital of France?"
     """
     if (prompt is None) == (input is None):
         raise SlmopsError("Give exactly one of --prompt or --input.", 'Example: --prompt "Hello".')
@@ -63,7 +83,8 @@ def generate(
     params = make_params(max_tokens, temperature, top_p, stop, seed)
     # validate the whole prompts file before loading (or pulling) a model
     pairs = read_prompt_file(input, params, raw=raw, system=system) if input is not None else []
-    engine = open_engine(ref, open_store(), threads=threads, progress=status)
+    pairs = [(rec, replace(req, adapter=adapter)) for rec, req in pairs]
+    engine = open_with_adapter(ref, adapter, threads)
     with engine:
         if input is not None:
             assert output is not None
@@ -83,9 +104,11 @@ def generate(
             if raw
             else GenerationRequest.chat(prompt or "", params, system=system)
         )
+        request = replace(request, adapter=adapter)
         if as_json:
             results, summary = generate_batches(engine, [request])
-            print_json({"model": ref, **asdict(results[0]), "tokens_per_second": round(summary.tokens_per_second, 2)})
+            print_json({"model": ref, "adapter": adapter, **asdict(results[0]),
+                        "tokens_per_second": round(summary.tokens_per_second, 2)})  # fmt: skip
             return
         for chunk in engine.stream(request):
             console.out(chunk.text, end="", highlight=False)
@@ -99,18 +122,21 @@ def chat(
     temperature: TemperatureOpt = 0.7,
     top_p: TopPOpt = 0.95,
     seed: SeedOpt = None,
+    adapter: AdapterOpt = None,
     threads: ThreadsOpt = None,
 ) -> None:
     """Chat with a model in the terminal, with streamed answers and history.
 
-    Type /reset to clear the history, /exit (or Ctrl-D) to leave.
+    Type /reset to clear the history, /exit (or Ctrl-D) to leave. --adapter NAME chats with
+    one of the LoRA adapters trained on the base REF.
 
     Example: slmops chat smollm2-135m-instruct --system "Answer briefly."
     """
     params = make_params(max_tokens, temperature, top_p, None, seed)
-    engine = open_engine(ref, open_store(), threads=threads, progress=status)
+    engine = open_with_adapter(ref, adapter, threads)
     history: list[Message] = [Message("system", system)] if system else []
-    err_console.print(f"[dim]chatting with {ref}; /reset clears the history, /exit leaves[/dim]")
+    who = f"{ref} with adapter {adapter}" if adapter else ref
+    err_console.print(f"[dim]chatting with {who}; /reset clears the history, /exit leaves[/dim]")
     with engine:
         while True:
             try:
@@ -129,7 +155,7 @@ def chat(
             history.append(Message("user", line))
             reply = []
             try:
-                for chunk in engine.stream(GenerationRequest(messages=tuple(history), params=params)):
+                for chunk in engine.stream(GenerationRequest(messages=tuple(history), params=params, adapter=adapter)):
                     console.out(chunk.text, end="", highlight=False)
                     reply.append(chunk.text)
             except KeyboardInterrupt:
