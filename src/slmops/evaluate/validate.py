@@ -158,7 +158,7 @@ def run_validate(
         say("latency by input length")
         checks.append(_latency_by_length(target, config))
         say(f"memory soak: {config.warmup} warm-up + {config.soak_requests} requests")
-        checks.append(_memory_soak(target, config))
+        checks.append(memory_soak(target, config))
         return ValidateReport(config.target, target.model, target.process is not None, checks,
                               {**asdict(config), "api_key": None})  # fmt: skip
 
@@ -269,7 +269,7 @@ def _latency_by_length(target: Target, config: ValidateConfig) -> CheckResult:
                        f"{ratio:.2f}x", f"<= {config.max_latency_ratio:g}x", detail)  # fmt: skip
 
 
-def _memory_soak(target: Target, config: ValidateConfig) -> CheckResult:
+def memory_soak(target: Target, config: ValidateConfig) -> CheckResult:
     threshold = f"<= {config.max_rss_growth_pct:g}%"
     if target.process is None:
         return CheckResult("memory_soak", "skip", "-", threshold,
