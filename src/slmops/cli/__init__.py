@@ -21,8 +21,8 @@ from slmops.cli import evaluate as evaluate_cmds
 from slmops.cli import finetune as finetune_cmds
 from slmops.cli import generate as generate_cmds
 from slmops.cli import models as models_cmds
-from slmops.cli import optimize as optimize_cmds
 from slmops.cli import ops as ops_cmds
+from slmops.cli import optimize as optimize_cmds
 from slmops.cli import pipeline as pipeline_cmds
 from slmops.cli import prune as prune_cmds
 from slmops.cli import serve as serve_cmds
