@@ -354,3 +354,23 @@ def test_mlflow_tracking_records_a_parent_run_and_one_run_per_step(store: ModelS
     assert runs[run.id].data.params["vars.limit"] == "3" and runs[run.id].info.status == "FINISHED"
     with pytest.raises(SlmopsError, match="mlflow only"):
         run_pipeline(spec, store=store, report_to=["wandb"])
+
+
+def test_the_shipped_demo_pipeline_runs_on_tiny_models(tmp_path: Path, tiny_store: ModelStore, teacher: str) -> None:
+    """The demo YAML itself, with its variables pointed at a remote teacher and a tiny student: every
+    step up to the gate runs; the gate then refuses, because a remote teacher has no size to compare."""
+    from slmops.pipeline.demo import run_demo
+
+    train, test = _data(tmp_path)
+    overrides = {"teacher": teacher, "student_base": "tiny", "train_data": str(train), "test_data": str(test),
+                 "labels": ["billing", "technical", "account"], "student_layers": 1, "prompts": 8,
+                 "train_steps": 2, "test_limit": 4, "latency_samples": 1}
+    with pytest.raises(SlmopsError, match=r"Gate 'gate': cannot evaluate .*size_mb.* is None, not a number"):
+        run_demo(store=tiny_store, overrides=overrides, report_dir=tmp_path / "report")
+    run = list_runs(tiny_store)[0]
+    statuses = {n: s.status for n, s in run.steps.items()}
+    assert statuses == {"prune": "done", "distill": "done", "quantize": "done", "evaluate": "done",
+                        "gate": "failed", "register": "skipped", "deploy": "skipped"}
+    assert run.steps["distill"].outputs["accepted"] == len(TRAIN)
+    assert set(run.steps["evaluate"].outputs["labels"]) == {"teacher", "student", "distilled", "distilled-int4"}
+    assert (tmp_path / "report" / "report.html").exists()
