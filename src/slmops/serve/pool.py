@@ -177,7 +177,7 @@ class ModelPool:
         if adapter in getattr(loaded.engine, "adapters", {}):
             return
         with loaded.worker.exclusive():
-            add_adapter(loaded.engine, loaded.key.removesuffix(ADAPTERS), adapter, self.store)  # type: ignore[arg-type]
+            add_adapter(loaded.engine, loaded.key.removesuffix(ADAPTERS), adapter, self.store)
         loaded.size_bytes = model_bytes(loaded.engine, loaded.size_bytes)
         self._evict(keep=loaded.key)
 
