@@ -93,15 +93,22 @@ def test_seeded_sampling_is_reproducible_alone_or_in_a_batch(ort_engine):
     assert alone != other
 
 
-@pytest.mark.parametrize("symmetric", [True, False])
-def test_int4_build_runs_and_is_smaller(onnx_fp32: Path, tiny_model_dir: Path, tmp_path: Path, symmetric: bool):
+@pytest.mark.parametrize(("algorithm", "symmetric"), [(None, True), ("k_quant_mixed", True), ("k_quant_mixed", False)])
+def test_int4_build_runs_and_is_smaller(
+    onnx_fp32: Path, tiny_model_dir: Path, tmp_path: Path, algorithm: str | None, symmetric: bool
+):
     from slmops.engines.ortgenai_engine import OrtGenAIEngine
     from slmops.models.store import folder_size
 
     out = tmp_path / "int4"
-    info = build_onnx(tiny_model_dir, out, precision="int4", block_size=32, symmetric=symmetric, accuracy_level=4)
+    info = build_onnx(
+        tiny_model_dir, out, precision="int4", block_size=32, symmetric=symmetric, accuracy_level=4, algorithm=algorithm
+    )
     assert f"is_symmetric={str(symmetric).lower()}" in info["builder_extra_options"]
-    assert "algo_config=k_quant_mixed" in info["builder_extra_options"]  # the int4 default
+    if algorithm is None:  # the int4 default: HQQ in the fast kernel's layout
+        assert info["hqq"]["offset_layout"] == info["hqq"]["matmuls"] - 1 > 0  # every MatMul but the LM head
+    else:
+        assert f"algo_config={algorithm}" in info["builder_extra_options"]
     assert folder_size(out) < 0.6 * folder_size(onnx_fp32)
     engine = OrtGenAIEngine(out, threads=1)  # asymmetric tied embeddings used to build an unloadable graph
     r = engine.generate([GenerationRequest.chat("Hi", GenerationParams(max_tokens=8))])[0]
@@ -142,5 +149,5 @@ def test_wrong_builder_eos_is_replaced_by_the_end_of_turn_ids(tiny_model_dir: Pa
 def test_asking_for_an_adapter_is_a_clear_error(ort_engine):
     from slmops.errors import EngineError
 
-    with pytest.raises(EngineError, match="adapters merged"):
+    with pytest.raises(EngineError, match="it has no separate adapters"):
         ort_engine.generate([GenerationRequest(prompt="Hi", adapter="qa")])

@@ -112,7 +112,8 @@ def detach_lora_inputs(onnx_dir: Path) -> dict[str, np.ndarray]:
     for init in list(model.graph.initializer):
         if ".lora_A." not in init.name and ".lora_B." not in init.name:
             continue
-        onnx.external_data_helper.load_external_data_for_tensor(init, str(onnx_dir))
+        if onnx.external_data_helper.uses_external_data(init):
+            onnx.external_data_helper.load_external_data_for_tensor(init, str(onnx_dir))
         value = numpy_helper.to_array(init)
         held[init.name] = value
         is_a = ".lora_A." in init.name

@@ -22,14 +22,17 @@ from slmops.errors import SlmopsError
 ONNX_PRECISIONS = ("fp32", "fp16", "int8", "int4")
 ONNX_DEVICES = ("cpu", "cuda")
 BLOCK_SIZES = (16, 32, 64, 128, 256)
-# the builder's weight-only methods; k_quant_mixed keeps lm_head and the most sensitive layers at int8
-ALGORITHMS = ("default", "rtn", "rtn_last", "k_quant", "k_quant_last", "k_quant_mixed")
+# the builder's weight-only methods (k_quant_mixed keeps lm_head and the most sensitive layers at
+# int8; *_last keep lm_head at int8) and hqq (our two-step build, slmops.optimize.onnx_hqq)
+ALGORITHMS = ("hqq", "default", "rtn", "rtn_last", "k_quant", "k_quant_last", "k_quant_mixed")
+INT4_ONLY = ("hqq",)
 
 
 def default_algorithm(precision: str) -> str:
-    """k_quant_mixed for int4 (SmolLM2-135M: +17% perplexity vs +39% for plain RTN, 21% vs 17% of
-    the float32 size), the builder's default otherwise."""
-    return "k_quant_mixed" if precision == "int4" else "default"
+    """hqq for int4: on SmolLM2-135M +0.5% perplexity at 21.7% of the float32 size, where the
+    builder's best (k_quant_mixed) costs +16.7% (bench/RESULTS.md, quantize_quality); the
+    builder's default otherwise."""
+    return "hqq" if precision == "int4" else "default"
 
 
 END_OF_TURN_TOKENS = ("<|im_end|>", "<end_of_turn>", "<|eot_id|>", "<|end|>", "<|endoftext|>", "</s>", "<eos>")
@@ -42,6 +45,8 @@ def check_onnx_options(
     problems = []
     if algorithm is not None and algorithm not in ALGORITHMS:
         problems.append(f"--algorithm must be one of {', '.join(ALGORITHMS)} (got {algorithm!r})")
+    if algorithm in INT4_ONLY and precision != "int4":
+        problems.append(f"--algorithm {algorithm} is an int4 method (got --precision {precision})")
     if precision not in ONNX_PRECISIONS:
         problems.append(f"--precision must be one of {', '.join(ONNX_PRECISIONS)} (got {precision!r})")
     if device not in ONNX_DEVICES:
@@ -67,7 +72,7 @@ def builder_options(
     if accuracy_level is not None:
         opts.append(f"accuracy_level={accuracy_level}")
     algorithm = algorithm or default_algorithm(precision)
-    if algorithm != "default":
+    if algorithm not in ("default", *INT4_ONLY):
         opts.append(f"algo_config={algorithm}")
     return opts
 
@@ -96,13 +101,22 @@ def build_onnx(
             "Install them: pip install onnxruntime-genai onnx onnx-ir",
         ) from exc
     extra = builder_options(precision, block_size, symmetric, accuracy_level, algorithm)
+    hf_config = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
+    layers = int(hf_config.get("num_hidden_layers") or hf_config.get("text_config", {}).get("num_hidden_layers", 0))
+    hqq = precision == "int4" and (algorithm or default_algorithm(precision)) == "hqq"
+    excluded: list[str] = []
+    if hqq:  # the builder quantizes only the embedding; every MatMul is left for HQQ
+        from slmops.optimize.onnx_hqq import builder_exclusions
+
+        excluded += builder_exclusions(layers)
     if adapter is not None:
         from slmops.optimize.onnx_adapters import lora_nodes, target_modules
 
         extra.append(f"adapter_path={adapter}")
         if precision in ("int4", "int8"):
-            layers = int(json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"])
-            extra.append("nodes_to_exclude=" + ",".join(lora_nodes(layers, target_modules(adapter))))
+            excluded += lora_nodes(layers, target_modules(adapter))
+    if excluded:
+        extra.append("nodes_to_exclude=" + ",".join(excluded))
     cache = cache_dir or out_dir.parent / f"{out_dir.name}-cache"
     log = io.StringIO()
     logging.disable(logging.ERROR)  # onnxruntime's quantizer logs every node at INFO on its own handler
@@ -118,8 +132,15 @@ def build_onnx(
         ) from exc
     finally:
         logging.disable(logging.NOTSET)
+    report: dict[str, Any] = {"builder_extra_options": [o for o in extra if not o.startswith("nodes_to_exclude=")]}
+    if hqq:
+        from slmops.optimize.onnx_hqq import hqq_quantize
+
+        level = accuracy_level if accuracy_level is not None else (4 if device == "cpu" else 0)
+        tied = bool(hf_config.get("tie_word_embeddings", hf_config.get("text_config", {}).get("tie_word_embeddings")))
+        report["hqq"] = hqq_quantize(out_dir, block_size=block_size, accuracy_level=level, tied=tied)
     fixed = fix_eos_ids(out_dir, hf_dir)
-    return {"builder_extra_options": extra, "eos_token_id": fixed}
+    return {**report, "eos_token_id": fixed}
 
 
 def end_of_turn_ids(hf_dir: Path) -> list[int]:
