@@ -106,6 +106,20 @@ def test_qlora_trains_on_a_4bit_base(store, base, data):
     assert res.record.format == "peft-adapter" and res.record.recipe["config"]["method"] == "qlora"
 
 
+def test_qlora_lets_go_of_the_float32_file(store, base, data):
+    """Only the 4-bit weights stay: no page of the float32 safetensors file is kept mapped."""
+    pytest.importorskip("bitsandbytes")
+    from slmops.models.resolve import resolve
+    from slmops.train.model import load_for_training
+
+    if not Path("/proc/self/maps").exists():
+        pytest.skip("needs Linux /proc")
+    folder = str(store.get(base).path)
+    model = load_for_training(resolve(base, store), config(data, method="qlora"))
+    assert not [line for line in Path("/proc/self/maps").read_text().splitlines() if folder in line]
+    assert model.get_base_model().lm_head.weight is model.get_base_model().model.embed_tokens.weight  # still tied
+
+
 CHILD = """
 import json, sys, time
 from slmops.train import make_config, run

@@ -26,6 +26,8 @@ def load_for_training(resolved: ResolvedModel, config: FinetuneConfig) -> Any:
     quant = _nf4_config() if config.method == "qlora" else None
     model, _ = load_causal_lm(resolved.load_dir, gguf_file=resolved.gguf_file, quantization_config=quant)
     model.config.use_cache = False
+    if config.method == "qlora":
+        _release_file_mapping(model)
     if config.method == "full":
         if resolved.format == "gguf":
             _drop_gguf_quantizer(model)
@@ -91,6 +93,23 @@ def _nf4_config() -> Any:
         bnb_4bit_compute_dtype=torch.float32,
         bnb_4bit_use_double_quant=False,
     )
+
+
+def _release_file_mapping(model: Any) -> None:
+    """bitsandbytes quantizes the weights as they are read from the memory-mapped safetensors
+    file, but the tensors left in float32 (embeddings, norms) still point into that mapping,
+    which keeps every page read for quantization resident: the whole float32 file (about
+    550 MB for SmolLM2-135M, three times its 4-bit weights). Copying those few tensors out
+    lets the mapping go."""
+    from bitsandbytes.nn import Params4bit
+
+    with torch.no_grad():
+        for p in model.parameters():
+            if not isinstance(p, Params4bit):
+                p.data = p.data.clone()
+        for module in model.modules():
+            for name, buf in module.named_buffers(recurse=False):
+                module._buffers[name] = buf.clone()
 
 
 def _add_lora(model: Any, config: FinetuneConfig) -> Any:
