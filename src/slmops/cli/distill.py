@@ -1,4 +1,4 @@
-"""``slmops distill generate | train | report``: a thin layer over :mod:`slmops.distill`.
+"""``slmops distill generate | train | report | run``: a thin layer over :mod:`slmops.distill`.
 
 Option help comes from the config fields (``GenerateConfig``, ``FinetuneConfig``), so the CLI,
 the YAML keys and the Python API never drift.
@@ -29,6 +29,7 @@ from slmops.cli.finetune import _ProgressBar
 from slmops.distill.config import GenerateConfig, make_generate_config
 from slmops.distill.generate import GenerateEvent, GenerateResult, run_generate
 from slmops.distill.report import distill_report
+from slmops.distill.run import DistillRunConfig, run_distill
 from slmops.distill.train import run_train
 from slmops.evaluate.builtin import resolve_data
 from slmops.evaluate.run import default_report_dir
@@ -261,3 +262,106 @@ def report(
     for s in result.students:
         console.print(s.headline(result.primary_metric))
     console.print(f"[dim]reports: {', '.join(result.eval.report_files.values())}[/dim]")
+
+
+_RUN = DistillRunConfig()  # the defaults the options show
+
+
+@app.command("run")
+def run(
+    teacher: Annotated[str, typer.Option("--teacher", help="Teacher: store or catalog name, or path.")] = _RUN.teacher,
+    data: Annotated[str, typer.Option("--data", "-d", help="Training prompts, or builtin:NAME.")] = _RUN.data,
+    test: Annotated[str, typer.Option("--test", help="Test set with gold answers, or builtin:NAME.")] = _RUN.test,
+    task: Annotated[str, typer.Option("--task", "-t", help="Task type (as for distill generate).")] = _RUN.task,
+    labels: Annotated[str | None, typer.Option("--labels", help="Label set, comma-separated.")] = None,
+    student: Annotated[
+        str | None, typer.Option("--student", help="The student as a model reference (instead of --student-layers).")
+    ] = None,
+    student_layers: Annotated[
+        str | None,
+        typer.Option("--student-layers", help="Derive the student by pruning the teacher to N layers (or a fraction)."),
+    ] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Store name of the distilled student.")] = None,
+    few_shot: Annotated[int, typer.Option("--few-shot", min=0, help="Teacher-side few-shot examples.")] = 0,
+    method: Annotated[str, typer.Option("--method", help="How the student trains: full or lora.")] = _RUN.method,
+    max_steps: Annotated[int, typer.Option("--max-steps", min=1, help="Student training steps.")] = _RUN.max_steps,
+    lr: Annotated[float, typer.Option("--lr", help="Student learning rate.")] = _RUN.lr,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Student batch size.")] = _RUN.batch_size,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N training prompts.")] = None,
+    test_limit: Annotated[int | None, typer.Option("--test-limit", min=1, help="Use the first N test records.")] = None,
+    latency_samples: Annotated[
+        int, typer.Option("--latency-samples", min=0, help="Requests timed one at a time for latency p50/p95.")
+    ] = _RUN.latency_samples,
+    threads: ThreadsOpt = None,
+    report_dir: Annotated[
+        Path | None, typer.Option("--report-dir", help="Where report.json/.md/.html go (default: $SLMOPS_HOME/evals).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Distill end to end: (prune the teacher into a student,) generate, train, then compare.
+
+    The teacher answers the training prompts (resumable: a rerun reuses its answers), the
+    student learns the accepted answers, and the teacher, the un-distilled student and the
+    distilled student are evaluated on the held-out test set: accuracy, macro-F1, latency
+    p50/p95, tokens/s, memory, size, parameters, with the inference time reduction, memory
+    reduction and accuracy retention against the teacher (Markdown, JSON and HTML reports).
+    Without --student, the student is the teacher pruned to --student-layers (default 10);
+    without --data/--test, the built-in support-language task.
+
+    Example: slmops distill run --teacher smollm2-135m-instruct --student-layers 10 --max-steps 150
+    """
+    if student is None and student_layers is None:
+        student_layers = _RUN.student_layers
+    config = DistillRunConfig(
+        teacher=teacher, data=data, test=test, task=task, labels=labels, student=student,
+        student_layers=student_layers, output=output, few_shot=few_shot, method=method, max_steps=max_steps,
+        lr=lr, batch_size=batch_size, limit=limit, test_limit=test_limit, latency_samples=latency_samples,
+        threads=threads, report_dir=report_dir,
+    )
+    with _RunProgress(enabled=not as_json) as bar:
+        result = run_distill(config, store=open_store(), progress=bar.update)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    report = result.report
+    console.print(filter_table(result.generate))
+    console.print(render_table(report.eval))
+    for s in report.students:
+        console.print(s.headline(report.primary_metric))
+    steps = ", ".join(f"{k} {v:.0f} s" for k, v in result.timings.items())
+    console.print(f"distilled student: [bold]{result.distilled}[/bold] (from {result.student}); {steps}")
+    console.print(f"[dim]reports: {', '.join(report.eval.report_files.values())}[/dim]")
+
+
+class _RunProgress:
+    """One stage at a time: status lines for prune/evaluate, the generate and train bars for theirs."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.stage: str | None = None
+        self.bar: Any = None
+
+    def __enter__(self) -> _RunProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+    def update(self, stage: str, event: Any) -> None:
+        if not self.enabled:
+            return
+        if stage != self.stage:
+            self._close()
+            self.stage = stage
+            status(f"-- {stage}")
+            if stage in ("generate", "train"):
+                self.bar = (_GenerateBar(True) if stage == "generate" else _ProgressBar(True)).__enter__()
+        if self.bar is not None:
+            self.bar.update(event)
+        else:
+            status(str(event))
