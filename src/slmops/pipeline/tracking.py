@@ -29,7 +29,8 @@ class MlflowTracker:
         self.client = MlflowClient(os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}")
         name = f"slmops-pipeline-{pipeline}"
         exp = self.client.get_experiment_by_name(name)
-        self.experiment = exp.experiment_id if exp is not None else self.client.create_experiment(name)
+        self.experiment = exp.experiment_id if exp is not None else self.client.create_experiment(
+            name, artifact_location=(home / "mlflow-artifacts").as_uri())  # not ./mlruns in the working dir
         self.parent = self.client.create_run(self.experiment, run_name=run_id,
                                              tags={"slmops.pipeline": pipeline}).info.run_id
         params = [Param(f"vars.{k}", str(v)[:500]) for k, v in _flat("", variables, {}).items()]
