@@ -2,7 +2,7 @@
 
 Seeded and deterministic: ``python scripts/make_support_language.py`` rewrites
 ``src/slmops/evaluate/datasets/support_language_{train,test}.jsonl`` byte for byte. Every ticket
-is a hand-written template (12 per language: English, French, Spanish, German) filled with
+is a hand-written template (12 per language: English, French, Spanish) filled with
 slots (product, order number, days or hours). Per language, 9 templates make the training
 split and 3 other templates the test split, so no test sentence shape is seen in training.
 Each record carries the instruction both teacher and student see, and the gold label.
@@ -18,7 +18,7 @@ SEED = 20251129
 TRAIN_PER_LABEL = 75
 TEST_PER_LABEL = 25
 TEST_TEMPLATES = 3
-INSTRUCTION = "Route this support ticket to the desk that speaks its language."
+INSTRUCTION = "Which language is this support ticket written in? Route it to that desk."
 OUT = Path(__file__).resolve().parent.parent / "src" / "slmops" / "evaluate" / "datasets"
 
 # Greetings and sign-offs around each ticket (an empty string: none).
@@ -27,8 +27,6 @@ FRAMES: dict[str, tuple[list[str], list[str]]] = {
     "french": (["", "Bonjour,", "Salut,", "Bonsoir,"], ["", "Merci.", "Merci beaucoup, Claire", "Cordialement, Luc"]),
     "spanish": (["", "Hola,", "Buenos días,", "Buenas tardes,"], ["", "Gracias.", "Muchas gracias, Lucía",
                                                                    "Saludos, Carlos"]),
-    "german": (["", "Hallo,", "Guten Tag,", "Guten Morgen,"], ["", "Danke.", "Vielen Dank, Anna",
-                                                              "Mit freundlichen Grüßen, Jonas"]),
 }
 
 # {p}: the customer's product as the subject of the sentence; {n}: order number; {d}: a count.
@@ -84,24 +82,6 @@ LANGUAGES: dict[str, tuple[list[str], list[str]]] = {
             "Por favor, cancelen el pedido {n}, ya no lo necesito.",
             "La factura del pedido {n} muestra un importe incorrecto.",
             "La batería de {p} se agota después de {d} horas.",
-        ],
-    ),
-    "german": (
-        ["mein Laptop", "mein Handy", "mein Drucker", "meine Kaffeemaschine", "meine Kamera", "mein Tablet",
-         "mein Router", "mein Fernseher"],
-        [
-            "{P} funktioniert seit {d} Tagen nicht mehr.",
-            "{P} lässt sich nicht mehr einschalten. Was soll ich tun?",
-            "Meine Bestellung {n} ist nach {d} Tagen immer noch nicht angekommen.",
-            "Mir wurde die Bestellung {n} zweimal berechnet. Bitte erstatten Sie eine Zahlung.",
-            "Wie setze ich mein Passwort zurück? Ich kann mich nicht in mein Konto einloggen.",
-            "Der Bildschirm flackert ständig, dabei ist {p} erst {d} Tage alt.",
-            "Ich möchte die Bestellung {n} zurückschicken und mein Geld zurückbekommen.",
-            "Können Sie die Lieferadresse der Bestellung {n} ändern?",
-            "{P} macht ein seltsames Geräusch. Gilt die Garantie noch?",
-            "Bitte stornieren Sie die Bestellung {n}, ich brauche sie nicht mehr.",
-            "Die Rechnung für die Bestellung {n} zeigt einen falschen Betrag.",
-            "Der Akku ist nach {d} Stunden leer, dabei ist {p} fast neu.",
         ],
     ),
 }

@@ -105,11 +105,12 @@ def test_builtin_support_language_splits():
     train = [json.loads(x) for x in builtin_dataset("support-language-train").read_text().splitlines()]
     test = [json.loads(x) for x in builtin_dataset("support-language-test").read_text().splitlines()]
     labels = set(BUILTIN_DATASETS["support-language-test"].labels)
-    assert len(train) == 300 and len(test) == 100
+    assert len(train) == 225 and len(test) == 75
     assert Counter(r["answer"] for r in test) == dict.fromkeys(labels, 25)
     assert {r["answer"] for r in train} == labels
     assert not {r["prompt"] for r in train} & {r["prompt"] for r in test}  # held out
-    assert all(r["prompt"].startswith("Route this support ticket") for r in train + test)  # the instruction travels
+    instruction = "Which language is this support ticket written in?"  # teacher and student both see it
+    assert all(r["prompt"].startswith(instruction) for r in train + test)
 
 
 def test_generator_script_reproduces_the_shipped_files():

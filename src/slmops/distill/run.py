@@ -133,13 +133,12 @@ def run_distill(
     pruned: PruneResult | None = None
     student = config.student
     if config.student_layers is not None:
-        base = config.output or f"{_name(config.teacher)}-distilled"
-        prune_config = PruneConfig(config.teacher, config.student_layers, output=f"{base[:90]}-student",
-                                   calibration=config.data, threads=config.threads)
+        prune_config = PruneConfig(config.teacher, config.student_layers, calibration=config.data,
+                                   threads=config.threads)  # registered as <teacher>-pruned-<N>l
         pruned = timed("prune", lambda: prune(prune_config, store=store, progress=lambda m: notify("prune", m)))
         student = pruned.record.ref
     assert student is not None
-    output = config.output or None
+    output = config.output or f"{_name(config.teacher)[:90]}-distilled"
 
     run_dir = store.home / "runs" / f"distill-run-{_name(config.teacher)}-{_name(config.data)}"
     gen_config = make_generate_config(
