@@ -1,0 +1,167 @@
+"""Benchmark: the server under load, against the engine it wraps, in one run (issue 6 targets).
+
+SmolLM2-135M-Instruct, greedy, fixed prompts. The server is a child ``slmops serve`` process
+(started through :func:`slmops.serve.target.open_target`, as ``slmops bench`` does), so its
+resident memory is its own; the HTTP clients run in this process.
+
+1. single stream: the engine's own ``stream()`` in this process vs one streaming HTTP request
+   through the server, same prompt, same ``max_tokens``; tokens/s = completion tokens / wall
+   time from the request to the last token (median of ``--repeats``). Target: HTTP >= 90%.
+2. concurrency: aggregate tokens/s of 8 concurrent streaming clients vs 1 client (each level
+   sends ``--per-level`` x clients requests). Target: >= 3x.
+3. mixed load: ``--mixed`` requests at concurrency 32, 10% of them invalid (malformed JSON,
+   wrong types, unknown model, max_tokens over the cap, bad temperature): zero 5xx, zero
+   broken connections, the server still answers. Then a soak of ``--soak`` valid requests:
+   resident memory growth of the server <= 5% (the mixed load is its warm-up).
+
+Prints each comparison with its ratio and, as the last line of stdout, one JSON object.
+
+    SLMOPS_HOME=/tmp/slmhome .venv/bin/python bench/serve_load.py
+    .venv/bin/python bench/serve_load.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from slmops.engines import GenerationParams, GenerationRequest, open_engine
+from slmops.evaluate.validate import ValidateConfig, edge_cases, memory_soak
+from slmops.models.pull import pull
+from slmops.models.store import ModelStore
+from slmops.serve.loadtest import PROMPTS, async_client, chat_body, run_clients, stream_chat
+from slmops.serve.target import ServerOptions, Target, open_target
+
+MODEL = "smollm2-135m-instruct"
+INVALID = ("malformed JSON", "wrong types", "unknown model", "huge max_tokens", "negative temperature")
+
+
+def engine_stream_tps(engine, prompt: str, max_tokens: int) -> tuple[float, int]:
+    req = GenerationRequest.chat(prompt, GenerationParams(max_tokens=max_tokens, temperature=0.0))
+    t0 = time.perf_counter()
+    tokens = 0
+    for chunk in engine.stream(req):
+        if chunk.finish_reason is not None:
+            tokens = chunk.completion_tokens
+    return tokens / (time.perf_counter() - t0), tokens
+
+
+async def mixed_load(target: Target, n: int, concurrency: int, max_tokens: int) -> dict[str, Any]:
+    """``n`` requests, every tenth one invalid; counts of statuses and broken connections."""
+    bad = [(name, path, body) for name, path, body in edge_cases(target.model) if name in INVALID]
+    statuses: dict[int, int] = {}
+    cursor = iter(range(n))
+    async with async_client(target, concurrency, 600) as client:
+
+        async def worker() -> None:
+            for i in cursor:
+                if i % 10 == 9:
+                    _, path, body = bad[(i // 10) % len(bad)]
+                    try:
+                        r = await client.post(path, content=body, headers={"content-type": "application/json"})
+                        status = r.status_code
+                    except httpx.HTTPError:
+                        status = 0
+                else:
+                    sample = await stream_chat(client, target, chat_body(target.model, PROMPTS[i % 8], max_tokens))
+                    status = sample.status
+                statuses[status] = statuses.get(status, 0) + 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+        alive = (await client.post("/v1/chat/completions", json=chat_body(target.model, "Hi", 4))).status_code
+    return {"requests": n, "statuses": {str(k): v for k, v in sorted(statuses.items())}, "wall_s": round(wall, 1),
+            "server_errors_5xx": sum(v for k, v in statuses.items() if k >= 500), "broken": statuses.get(0, 0),
+            "alive_after": alive}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--max-tokens", type=int, default=48, help="max_tokens for the throughput comparisons")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--per-level", type=int, default=2, help="requests per client in the 1-vs-8 comparison")
+    ap.add_argument("--mixed", type=int, default=1000)
+    ap.add_argument("--soak", type=int, default=500)
+    ap.add_argument("--load-max-tokens", type=int, default=8, help="max_tokens in the mixed load and the soak")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--parts", default="single,concurrency,load", help="which comparisons to run, comma-separated")
+    ap.add_argument("--quick", action="store_true", help="a few requests of each kind (a smoke run)")
+    args = ap.parse_args()
+    parts = set(args.parts.split(","))
+    if args.quick:
+        args.repeats, args.mixed, args.soak, args.max_tokens = 1, 40, 20, 16
+    store = ModelStore()
+    pull(MODEL, store)
+    prompt = PROMPTS[0]
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    out: dict[str, Any] = {"bench": "serve_load", "model": MODEL, "date": now,
+                           "machine": f"{platform.machine()}, {os.cpu_count()} cores", "threads": args.threads,
+                           "load_avg_start": round(os.getloadavg()[0], 2), "max_tokens": args.max_tokens}  # fmt: skip
+
+    # 1a. the engine alone, in this process
+    if "single" in parts:
+        with open_engine(MODEL, store, threads=args.threads) as engine:
+            engine_stream_tps(engine, prompt, 8)  # warm-up
+            runs = [engine_stream_tps(engine, prompt, args.max_tokens) for _ in range(args.repeats)]
+        engine_tps = statistics.median(t for t, _ in runs)
+
+    options = ServerOptions(max_batch_size=16, max_queue=256, threads=args.threads)
+    with open_target(MODEL, store, options=options, progress=print) as target:
+        if "single" in parts:  # 1b. one stream through HTTP, against 1a
+            single_stream(target, prompt, args, engine_tps, out)
+        if "concurrency" in parts:
+            concurrency(target, args, out)
+        if "load" in parts:
+            load(target, args, out)
+    out["load_avg_end"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(out))
+
+
+def single_stream(target: Target, prompt: str, args: argparse.Namespace, engine_tps: float, out: dict) -> None:
+    body = chat_body(target.model, prompt, args.max_tokens)
+    asyncio.run(run_clients(target, [chat_body(target.model, prompt, 8)], 1, 600))  # warm-up
+    http = [asyncio.run(run_clients(target, [body], 1, 600))[0][0] for _ in range(args.repeats)]
+    http_tps = statistics.median(s.tokens / s.latency_s for s in http)
+    out["single_stream"] = {"engine_tps": round(engine_tps, 2), "http_tps": round(http_tps, 2),
+                            "ratio": round(http_tps / engine_tps, 3), "tokens": [s.tokens for s in http],
+                            "target": 0.9}  # fmt: skip
+    print(f"single stream: engine {engine_tps:.1f} tok/s, HTTP {http_tps:.1f} tok/s "
+          f"-> {http_tps / engine_tps:.2f}x (target >= 0.90)")  # fmt: skip
+
+
+def concurrency(target: Target, args: argparse.Namespace, out: dict) -> None:
+    level: dict[int, float] = {}
+    for c in (1, 8):
+        bodies = [chat_body(target.model, PROMPTS[i % 8], args.max_tokens) for i in range(c * args.per_level)]
+        samples, wall = asyncio.run(run_clients(target, bodies, c, 600))
+        level[c] = sum(s.tokens for s in samples if s.status == 200) / wall
+    out["concurrency"] = {"one_client_tps": round(level[1], 2), "eight_clients_tps": round(level[8], 2),
+                          "ratio": round(level[8] / level[1], 3), "target": 3.0}  # fmt: skip
+    print(f"8 clients {level[8]:.1f} tok/s vs 1 client {level[1]:.1f} tok/s -> {level[8] / level[1]:.2f}x "
+          "(target >= 3)")  # fmt: skip
+
+
+def load(target: Target, args: argparse.Namespace, out: dict) -> None:
+    mixed = asyncio.run(mixed_load(target, args.mixed, 32, args.load_max_tokens))
+    out["mixed"] = mixed
+    print(f"mixed: {mixed['requests']} requests at concurrency 32 in {mixed['wall_s']} s, statuses "
+          f"{mixed['statuses']}, 5xx {mixed['server_errors_5xx']}, broken {mixed['broken']} "
+          "(target 0)")  # fmt: skip
+    soak = memory_soak(target, ValidateConfig(MODEL, "", soak_requests=args.soak, warmup=0, concurrency=8))
+    out["soak"] = {"requests": args.soak, "rss_growth": soak.figure, "detail": soak.detail, "target": "<= 5%",
+                   "passed": soak.status == "pass"}  # fmt: skip
+    print(f"soak: RSS growth {soak.figure} ({soak.detail}) (target <= 5%)")
+
+
+if __name__ == "__main__":
+    main()
