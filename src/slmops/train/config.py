@@ -86,7 +86,7 @@ class FinetuneConfig(BaseModel):
             raise ValueError("--search ranks trials by eval loss: give --eval-data or --eval-split")
         if self.search is not None and self.resume:
             raise ValueError("a --search cannot be resumed; run it again without --resume")
-        kd_given = sorted(self.model_fields_set & set(KD_FIELDS))
+        kd_given = [k for k in KD_FIELDS if getattr(self, k) != type(self).model_fields[k].default]
         if self.teacher is None and kd_given:
             flags = ", ".join("--" + k.replace("_", "-") for k in kd_given)
             raise ValueError(f"{flags} only apply with a --teacher (logit KD)")
