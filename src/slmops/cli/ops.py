@@ -58,18 +58,24 @@ def bench(
     if as_json:
         print_json(report.to_dict())
         return
-    table = Table(title=f"bench {report.model} ({config.max_tokens} max tokens)", title_justify="left")
-    for head in ("clients", "requests", "errors", "tok/s", "TTFT p50 ms", "ITL p50 ms", "p50 ms", "p95 ms",
-                 "p99 ms", "server RSS MB", "server CPU %"):  # fmt: skip
+    table = Table(title=f"bench {report.model}: {config.max_tokens} max tokens; latencies in ms (p50 unless named)",
+                  title_justify="left")  # fmt: skip
+    for head in ("clients", "req", "err", "tok/s", "TTFT", "ITL", "p50", "p95", "p99", "server MB", "CPU %"):
         table.add_column(head, justify="right")
     for lv in report.levels:
         cells = (lv.concurrency, lv.requests, lv.errors, lv.tokens_per_second, lv.ttft_p50_ms, lv.itl_p50_ms,
                  lv.latency_p50_ms, lv.latency_p95_ms, lv.latency_p99_ms, lv.server_peak_rss_mb,
                  lv.server_cpu_percent)  # fmt: skip
-        table.add_row(*("-" if c is None else str(c) for c in cells))
+        table.add_row(*(_num(c) for c in cells))
     console.print(table)
     if report.files:
         console.print(f"[dim]written: {', '.join(report.files.values())}[/dim]")
+
+
+def _num(value: float | int | None) -> str:
+    if value is None:
+        return "-"
+    return str(value) if isinstance(value, int) else f"{value:.1f}" if value < 100 else f"{value:.0f}"
 
 
 def validate(
