@@ -1,0 +1,84 @@
+"""Benchmark: teacher generation (``slmops distill generate``) batched vs one request at a time.
+
+Both sides call :func:`slmops.distill.generate.run_generate` with the same teacher
+(SmolLM2-135M-Instruct, greedy), the same prompts (the first ``--prompts`` records of
+``builtin:support-language-train``) and the same recipe, in one process and one run; the only
+difference is ``batch_size``: 1 (one-at-a-time) against ``--batch`` (the engine batches every
+request of a batch). The teacher is loaded once and shared, so loading time is billed to neither.
+Throughput is completion tokens / generation seconds, as ``run_generate`` reports it. Greedy
+answers must be the same on both sides; the script counts the identical ones.
+
+Prints a table, the ratio against the target (>= 5x), and, as the last line of stdout, a JSON
+object with every figure.
+
+    SLMOPS_HOME=/tmp/slmhome .venv/bin/python bench/distill_generate.py --prompts 64 --batch 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+TEACHER = "smollm2-135m-instruct"
+DATA = "builtin:support-language-train"
+TARGET_RATIO = 5.0
+
+
+def run_side(engine: Any, batch: int, prompts: int, max_tokens: int, out_dir: Path) -> tuple[Any, list[str]]:
+    from slmops.distill import make_generate_config, run_generate
+
+    config = make_generate_config(teacher=TEACHER, data=DATA, task="classification", limit=prompts,
+                                  batch_size=batch, max_tokens=max_tokens, output=out_dir / f"batch{batch}.jsonl")
+    result = run_generate(config, engine=engine)
+    rows = [json.loads(x) for p in (result.output, result.rejected_file) if p.exists()
+            for x in p.read_text(encoding="utf-8").splitlines()]
+    return result, [r["output"] for r in sorted(rows, key=lambda r: r["index"])]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=16, help="teacher answer budget (the classification default)")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+
+    from slmops.engines import open_engine
+    from slmops.models.store import ModelStore
+
+    store = ModelStore()
+    t0 = time.perf_counter()
+    engine = open_engine(TEACHER, store, threads=args.threads)
+    load_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp, engine:
+        single, single_out = run_side(engine, 1, args.prompts, args.max_tokens, Path(tmp))
+        batched, batched_out = run_side(engine, args.batch, args.prompts, args.max_tokens, Path(tmp))
+    ratio = batched.tokens_per_second / single.tokens_per_second if single.tokens_per_second else 0.0
+    same = sum(a == b for a, b in zip(single_out, batched_out, strict=True))
+    print(f"{'side':<16}{'tokens':>8}{'seconds':>10}{'tokens/s':>10}{'accepted':>10}")
+    for name, r in (("one-at-a-time", single), (f"batch {args.batch}", batched)):
+        print(f"{name:<16}{r.completion_tokens:>8}{r.seconds:>10.2f}{r.tokens_per_second:>10.1f}"
+              f"{r.counts.get('accepted', 0):>10}")
+    print(f"ratio {ratio:.2f}x (target {TARGET_RATIO}x: {'met' if ratio >= TARGET_RATIO else 'NOT met'}); "
+          f"{same}/{len(single_out)} answers identical; teacher load {load_s:.1f} s")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    print(json.dumps({
+        "bench": "distill_generate", "teacher": TEACHER, "data": DATA, "prompts": args.prompts, "batch": args.batch,
+        "max_tokens": args.max_tokens, "single_tokens_per_second": round(single.tokens_per_second, 2),
+        "batched_tokens_per_second": round(batched.tokens_per_second, 2), "ratio": round(ratio, 2),
+        "target_ratio": TARGET_RATIO, "target_met": ratio >= TARGET_RATIO, "identical_answers": same,
+        "single_seconds": round(single.seconds, 2), "batched_seconds": round(batched.seconds, 2),
+        "cpus": os.cpu_count(), "load_avg_1m": load, "machine": platform.machine(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }))
+
+
+if __name__ == "__main__":
+    main()
