@@ -51,6 +51,9 @@ def _inputs(recipe: dict[str, Any]) -> dict[str, str]:
             out["teacher"] = str(distill["teacher"])
         if isinstance(distill.get("synthetic"), dict):
             out.update({f"synthetic {path}": sha for path, sha in distill["synthetic"].items()})
+    kd = recipe.get("kd")
+    if isinstance(kd, dict) and kd.get("teacher"):
+        out["kd teacher"] = f"{kd['teacher']} ({kd.get('loss')}, weight {kd.get('weight')})"
     calibration = recipe.get("calibration")
     if isinstance(calibration, dict) and calibration.get("sha256"):
         out[f"calibration {calibration.get('source', '')}".strip()] = calibration["sha256"]
