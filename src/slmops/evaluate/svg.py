@@ -36,6 +36,52 @@ def _short(text: str, n: int = 24) -> str:
     return text if len(text) <= n else "…" + text[-(n - 1) :]
 
 
+@dataclass(frozen=True)
+class _Plot:
+    """A plot area with axes from 0 to ``x_max`` / ``y_max``, grid lines and axis labels."""
+
+    width: int
+    height: int
+    x_max: float
+    y_max: float
+    left: int = 56
+    right: int = 20
+    top: int = 24
+    bottom: int = 42
+
+    @property
+    def pw(self) -> float:
+        return self.width - self.left - self.right
+
+    @property
+    def ph(self) -> float:
+        return self.height - self.top - self.bottom
+
+    def sx(self, x: float) -> float:
+        return self.left + self.pw * x / self.x_max
+
+    def sy(self, y: float) -> float:
+        return self.top + self.ph * (1 - max(0.0, y) / self.y_max)
+
+    def frame(self, x_label: str, y_label: str, vertical_grid: bool = True) -> list[str]:
+        out = [_open(self.width, self.height, f"{y_label} vs {x_label}"), f'<g {FONT} fill="#444">']
+        left, top, pw, ph = self.left, self.top, self.pw, self.ph
+        for i in range(6):
+            gx, gy = self.x_max * i / 5, self.y_max * i / 5
+            if vertical_grid:
+                out.append(f'<line x1="{self.sx(gx):.1f}" y1="{top}" x2="{self.sx(gx):.1f}" y2="{top + ph}" '
+                           'stroke="#eee"/>')
+            y = self.sy(gy)
+            out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + pw}" y2="{y:.1f}" stroke="#eee"/>')
+            out.append(f'<text x="{self.sx(gx):.1f}" y="{top + ph + 14}" text-anchor="middle">{gx:g}</text>')
+            out.append(f'<text x="{left - 6}" y="{self.sy(gy) + 4:.1f}" text-anchor="end">{gy:g}</text>')
+        out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
+        out.append(f'<text x="{left + pw / 2}" y="{self.height - 6}" text-anchor="middle">{escape(x_label)}</text>')
+        out.append(f'<text transform="translate(14 {top + ph / 2}) rotate(-90)" text-anchor="middle">'
+                   f"{escape(y_label)}</text>")
+        return out
+
+
 def _open(width: int, height: int, title: str) -> str:
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
             f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">')
@@ -43,29 +89,12 @@ def _open(width: int, height: int, title: str) -> str:
 
 def scatter(points: Sequence[Point], x_label: str, y_label: str, width: int = 520, height: int = 320) -> str:
     """Quality (y) against cost (x); each point labelled with its model."""
-    left, right, top, bottom = 56, 20, 24, 42
-    pw, ph = width - left - right, height - top - bottom
     x_max = _nice_max(max((p.x for p in points), default=1) * 1.05)
     in_unit = all(0 <= p.y <= 1 for p in points)  # most metrics live in [0, 1]; BLEU and judge scores do not
     y_max = 1.0 if in_unit else _nice_max(max(p.y for p in points) * 1.05)
-
-    def sx(x: float) -> float:
-        return left + pw * x / x_max
-
-    def sy(y: float) -> float:
-        return top + ph * (1 - y / y_max)
-
-    out = [_open(width, height, f"{y_label} vs {x_label}"), f'<g {FONT} fill="#444">']
-    for i in range(6):
-        gx, gy = x_max * i / 5, y_max * i / 5
-        out.append(f'<line x1="{sx(gx):.1f}" y1="{top}" x2="{sx(gx):.1f}" y2="{top + ph}" stroke="#eee"/>')
-        out.append(f'<line x1="{left}" y1="{sy(gy):.1f}" x2="{left + pw}" y2="{sy(gy):.1f}" stroke="#eee"/>')
-        out.append(f'<text x="{sx(gx):.1f}" y="{top + ph + 14}" text-anchor="middle">{gx:g}</text>')
-        out.append(f'<text x="{left - 6}" y="{sy(gy) + 4:.1f}" text-anchor="end">{gy:g}</text>')
-    out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
-    out.append(f'<text x="{left + pw / 2}" y="{height - 6}" text-anchor="middle">{escape(x_label)}</text>')
-    out.append(f'<text transform="translate(14 {top + ph / 2}) rotate(-90)" text-anchor="middle">'
-               f"{escape(y_label)}</text>")
+    plot = _Plot(width, height, x_max, y_max)
+    sx, sy, left, top, pw, ph = plot.sx, plot.sy, plot.left, plot.top, plot.pw, plot.ph
+    out = plot.frame(x_label, y_label)
     for i, p in enumerate(points):
         color = PALETTE[i % len(PALETTE)]
         out.append(f'<circle class="point" cx="{sx(p.x):.1f}" cy="{sy(p.y):.1f}" r="5" fill="{color}">'
@@ -133,28 +162,11 @@ def heatmap(confusion: Confusion, cell: int = 46) -> str:
 def lines(series: dict[str, Sequence[tuple[float, float]]], x_label: str, y_label: str,
           width: int = 520, height: int = 300) -> str:
     """One polyline per named series (e.g. train and eval loss against the step), with a legend."""
-    left, right, top, bottom = 56, 20, 24, 42
-    pw, ph = width - left - right, height - top - bottom
     points = [p for s in series.values() for p in s]
-    x_max = _nice_max(max((x for x, _ in points), default=1))
-    y_max = _nice_max(max((y for _, y in points), default=1) * 1.05)
-
-    def sx(x: float) -> float:
-        return left + pw * x / x_max
-
-    def sy(y: float) -> float:
-        return top + ph * (1 - max(0.0, y) / y_max)
-
-    out = [_open(width, height, f"{y_label} vs {x_label}"), f'<g {FONT} fill="#444">']
-    for i in range(6):
-        gx, gy = x_max * i / 5, y_max * i / 5
-        out.append(f'<line x1="{left}" y1="{sy(gy):.1f}" x2="{left + pw}" y2="{sy(gy):.1f}" stroke="#eee"/>')
-        out.append(f'<text x="{sx(gx):.1f}" y="{top + ph + 14}" text-anchor="middle">{gx:g}</text>')
-        out.append(f'<text x="{left - 6}" y="{sy(gy) + 4:.1f}" text-anchor="end">{gy:g}</text>')
-    out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
-    out.append(f'<text x="{left + pw / 2}" y="{height - 6}" text-anchor="middle">{escape(x_label)}</text>')
-    out.append(f'<text transform="translate(14 {top + ph / 2}) rotate(-90)" text-anchor="middle">'
-               f"{escape(y_label)}</text>")
+    plot = _Plot(width, height, _nice_max(max((x for x, _ in points), default=1)),
+                 _nice_max(max((y for _, y in points), default=1) * 1.05))
+    sx, sy, left, top, pw, ph = plot.sx, plot.sy, plot.left, plot.top, plot.pw, plot.ph
+    out = plot.frame(x_label, y_label, vertical_grid=False)
     for i, (name, pts) in enumerate(series.items()):
         color = PALETTE[i % len(PALETTE)]
         coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
