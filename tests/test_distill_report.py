@@ -75,6 +75,6 @@ def test_every_distill_command_help_ends_with_an_example() -> None:
     import typer
 
     commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
-    assert sorted(commands) == ["generate", "report", "train"]
+    assert sorted(commands) == ["generate", "report", "run", "train"]
     for name, cmd in commands.items():
         assert (cmd.help or "").strip().splitlines()[-1].startswith(f"Example: slmops distill {name} ")

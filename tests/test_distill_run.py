@@ -125,3 +125,10 @@ def test_generator_script_reproduces_the_shipped_files():
     for name, records in (("train", train), ("test", test)):
         shipped = builtin_dataset(f"support-language-{name}").read_text(encoding="utf-8")
         assert shipped == "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+def test_builtin_tasks_keep_their_declared_label_order():
+    from slmops.distill.run import builtin_labels
+
+    assert builtin_labels("builtin:support-language-test") == "english,french,spanish"
+    assert builtin_labels("prompts.jsonl") is None and builtin_labels("builtin:nope") is None

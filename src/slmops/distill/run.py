@@ -23,7 +23,7 @@ from slmops.distill.generate import GenerateResult, run_generate
 from slmops.distill.report import DistillReport, distill_report
 from slmops.distill.train import DistillTrainResult, run_train
 from slmops.errors import SlmopsError
-from slmops.evaluate.builtin import resolve_data
+from slmops.evaluate.builtin import BUILTIN_DATASETS, BUILTIN_PREFIX, resolve_data
 from slmops.evaluate.run import default_report_dir
 from slmops.models.refs import validate_name
 from slmops.models.store import ModelStore
@@ -123,6 +123,9 @@ def run_distill(
         raise SlmopsError(f"Test data file {test_path} does not exist.", "Give --test FILE or builtin:NAME.")
     store = store or ModelStore()
     timings: dict[str, float] = {}
+    # a built-in task's declared label order (a small teacher leans to the first label listed, so
+    # the order inferred from whichever record comes first would change its answers)
+    labels = config.labels or builtin_labels(config.test) or builtin_labels(config.data)
 
     def timed(stage: str, fn: Callable[[], Any]) -> Any:
         t0 = time.perf_counter()
@@ -142,7 +145,7 @@ def run_distill(
 
     run_dir = store.home / "runs" / f"distill-run-{_name(config.teacher)}-{_name(config.data)}"
     gen_config = make_generate_config(
-        teacher=config.teacher, data=config.data, task=config.task, labels=config.labels,
+        teacher=config.teacher, data=config.data, task=config.task, labels=labels,
         output=run_dir / "synthetic.jsonl", few_shot=config.few_shot, batch_size=16, threads=config.threads,
         limit=config.limit, resume=True,
     )
@@ -158,12 +161,19 @@ def run_distill(
     distilled = trained.record.ref
     report = timed("evaluate", lambda: distill_report(
         config.teacher, [student, distilled], config.test, config.task, store=store,
-        progress=lambda m: notify("evaluate", m), labels=config.labels, limit=config.test_limit,
+        progress=lambda m: notify("evaluate", m), labels=labels, limit=config.test_limit,
         latency_samples=config.latency_samples, threads=config.threads,
         report_dir=config.report_dir or default_report_dir(store, config.task, test_name),
     ))
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
     return DistillRunResult(config.teacher, student, distilled, pruned, generated, trained, report, timings, settings)
+
+
+def builtin_labels(data: str) -> str | None:
+    """The label set a built-in dataset declares (comma-separated), or None."""
+    name = data[len(BUILTIN_PREFIX):] if data.startswith(BUILTIN_PREFIX) else None
+    dataset = BUILTIN_DATASETS.get(name) if name else None
+    return ",".join(dataset.labels) if dataset and dataset.labels else None
 
 
 def _name(ref: str) -> str:
