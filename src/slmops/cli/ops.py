@@ -140,7 +140,8 @@ def validate(
     else:
         verdict = "[bold green]PASSED[/bold green]" if report.passed else "[bold red]FAILED[/bold red]"
         table = Table(title=f"validate {report.model}", title_justify="left")
-        for head in ("check", "result", "figure", "threshold", "detail"):
+        table.add_column("check", no_wrap=True)
+        for head in ("result", "figure", "threshold", "detail"):
             table.add_column(head, overflow="fold")
         colors = {"pass": "green", "fail": "red", "skip": "yellow"}
         for c in report.checks:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -102,6 +103,7 @@ class CheckResult:
     figure: str
     threshold: str
     detail: str = ""
+    values: dict[str, Any] = field(default_factory=dict)  # per-case figures, for --json and scripts
 
 
 @dataclass
@@ -239,9 +241,12 @@ def _edge_cases(target: Target, config: ValidateConfig) -> CheckResult:
             alive = 599
     fives = [n for n, s in statuses.items() if s >= 500]
     ok = not fives and alive == 200
-    detail = ", ".join(f"{n} {s}" for n, s in statuses.items()) + f"; a normal request after them: {alive}"
+    counts = Counter(statuses.values())
+    detail = ", ".join(f"{n} x {code}" for code, n in sorted(counts.items())) + f"; a normal request after: {alive}"
+    if fives:
+        detail += f"; 5xx on: {', '.join(fives)}"
     return CheckResult("edge_cases", "pass" if ok else "fail", f"{len(fives)}/{len(statuses)} answered 5xx",
-                       "0 5xx, server still answers", detail)  # fmt: skip
+                       "0 5xx, server still answers", detail, {**statuses, "normal request after": alive})  # fmt: skip
 
 
 def _latency_by_length(target: Target, config: ValidateConfig) -> CheckResult:
