@@ -7,7 +7,8 @@ run's store (existing conversions are reused) and reports, per artifact:
 * perplexity on held-out text (the number ``optimize`` measured and stored: the built-in
   passage, or ``--ppl-text``), and its change against the source;
 * task accuracy on a built-in test set (default ``builtin:support-tickets``, 60 support messages
-  routed to 4 labels) through :func:`slmops.evaluate.evaluate`, all models in one call, greedy.
+  routed to 4 labels) through :func:`slmops.evaluate.evaluate`, all models in one call, greedy
+  (GGUF files run on the torch engine unless ``SLMOPS_GGUF_ENGINE=llamacpp``).
 
 ``--int4`` adds more ONNX int4 methods side by side (e.g. ``--int4 k_quant_mixed,rtn_last``).
 Targets (issue 5): int4 ONNX <= 25% of the float32 size, perplexity <= +10%, accuracy drop <= 2
@@ -135,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"nproc": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
                     "python": platform.python_version()},
         "model": args.model, "data": args.data, "task": check.task, "metric": metric,
-        "records": len(report.scored_items), "ppl_text": str(args.ppl_text) if args.ppl_text else "builtin",
+        "records": len(report.scored_items), "gguf_engine": os.environ.get("SLMOPS_GGUF_ENGINE", "torch"),
+        "ppl_text": str(args.ppl_text) if args.ppl_text else "builtin",
         "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
         "rows": rows, "targets": TARGETS, "met": checks,
     }))
