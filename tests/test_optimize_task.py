@@ -98,3 +98,20 @@ def test_bad_eval_options_are_clear(data: str, task: str | None, message: str):
 def test_eval_task_without_eval_data_is_refused(tiny_store):
     with pytest.raises(SlmopsError, match="--eval-task applies to --eval-data"):
         optimize("tiny", to="gguf", eval_task="qa", store=tiny_store)
+
+
+def test_cli_prints_the_task_row(tiny_store, qa_file: Path):
+    import typer
+    from typer.testing import CliRunner
+
+    from slmops.cli.optimize import optimize as optimize_cmd
+
+    app = typer.Typer()
+    app.command()(optimize_cmd)
+    app.command("noop")(lambda: None)  # two commands, so typer keeps the command name
+    args = ["optimize", "tiny", "--to", "gguf", "--quant", "f16", "--eval-data", str(qa_file), "--eval-task", "qa"]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, out.output
+    assert "token_f1 (qa, 4 records)" in out.stdout and "pts" in out.stdout
+    bad = CliRunner().invoke(app, ["optimize", "tiny", "--to", "gguf", "--eval-data", str(qa_file)])
+    assert bad.exit_code != 0 and "needs --eval-task" in str(bad.exception or bad.output)
