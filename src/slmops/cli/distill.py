@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from slmops.cli.common import (
@@ -18,16 +17,15 @@ from slmops.cli.common import (
     ThreadsOpt,
     config_option,
     console,
-    err_console,
     human_size,
     open_store,
     print_json,
     status,
 )
 from slmops.cli.evaluate import render_table
-from slmops.cli.finetune import _ProgressBar
+from slmops.cli.progress import GenerateBar, TrainBar
 from slmops.distill.config import GenerateConfig, make_generate_config
-from slmops.distill.generate import GenerateEvent, GenerateResult, run_generate
+from slmops.distill.generate import GenerateResult, run_generate
 from slmops.distill.report import distill_report
 from slmops.distill.run import DistillRunConfig, run_distill
 from slmops.distill.train import run_train
@@ -89,7 +87,7 @@ def generate(
     """  # noqa: E501
     options = {k: v for k, v in locals().items() if k in GenerateConfig.model_fields}
     config = make_generate_config(**options)
-    with _GenerateBar(enabled=not as_json) as bar:
+    with GenerateBar(enabled=not as_json) as bar:
         result = run_generate(config, open_store(), progress=bar.update)
     if as_json:
         print_json(result.to_dict())
@@ -114,38 +112,6 @@ def filter_table(result: GenerateResult) -> Table:
     if result.duplicate_inputs:
         table.add_row("skipped: duplicate input", str(result.duplicate_inputs), "")
     return table
-
-
-class _GenerateBar:
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar = Progress(
-            TextColumn("[bold]distill generate"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("accepted {task.fields[ok]} rejected {task.fields[bad]}"),
-            TimeElapsedColumn(),
-            console=err_console,
-            disable=not enabled,
-        )
-        self.task: Any = None
-
-    def __enter__(self) -> _GenerateBar:
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.__exit__(None, None, None)
-
-    def update(self, e: GenerateEvent) -> None:
-        if not self.enabled:
-            return
-        if e.kind == "status":
-            status(e.message)
-        elif e.kind == "start":
-            self.task = self.bar.add_task("gen", total=e.total, completed=e.done, ok=0, bad=0)
-        elif self.task is not None:
-            self.bar.update(self.task, completed=e.done, ok=e.accepted, bad=e.rejected)
 
 
 @app.command("train")
@@ -190,7 +156,7 @@ def train(
     Example: slmops distill train --student smollm2-135m-instruct --synthetic synthetic.jsonl --max-steps 100 --teacher smollm2-135m-instruct --kd-loss jsd --kd-weight 0.5 --output support-student
     """  # noqa: E501
     overrides = {k: v for k, v in locals().items() if k in FinetuneConfig.model_fields and v is not None}
-    with _ProgressBar(enabled=not as_json) as bar:
+    with TrainBar(enabled=not as_json) as bar:
         result = run_train(
             student, synthetic, output, store=open_store(), progress=bar.update, config_file=config, **overrides
         )
@@ -360,7 +326,7 @@ class _RunProgress:
             self.stage = stage
             status(f"-- {stage}")
             if stage in ("generate", "train"):
-                self.bar = (_GenerateBar(True) if stage == "generate" else _ProgressBar(True)).__enter__()
+                self.bar = (GenerateBar(True) if stage == "generate" else TrainBar(True)).__enter__()
         if self.bar is not None:
             self.bar.update(event)
         else:

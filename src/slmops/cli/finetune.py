@@ -8,12 +8,10 @@ option is the field's description, so the CLI, the YAML keys and the Python API 
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from slmops import train as recipes
@@ -21,14 +19,13 @@ from slmops.cli.common import (
     JsonOpt,
     config_option,
     console,
-    err_console,
     human_count,
     human_size,
     open_store,
     print_json,
-    status,
 )
-from slmops.train import FinetuneConfig, FinetuneResult, SearchResult, TrainEvent, load_config
+from slmops.cli.progress import TrainBar
+from slmops.train import FinetuneConfig, FinetuneResult, SearchResult, load_config
 
 
 def _opt(field: str, *extra: str, **kw: Any) -> Any:
@@ -94,7 +91,7 @@ def finetune(
     options = {k: v for k, v in locals().items() if k in FinetuneConfig.model_fields}
     cfg = load_config(config, options)
     main = int(os.environ.get("RANK", "0") or 0) == 0  # under torchrun only rank 0 prints
-    with _ProgressBar(enabled=not as_json and main) as bar:
+    with TrainBar(enabled=not as_json and main) as bar:
         recipe = recipes.search if cfg.search else recipes.run
         outcome = recipe(cfg, open_store(), progress=bar.update)
     if not main:
@@ -137,42 +134,3 @@ def _summary(result: FinetuneResult) -> None:
     )
 
 
-class _ProgressBar:
-    """Renders :class:`TrainEvent`s: a bar with loss, tokens/s and ETA; status lines on stderr."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar = Progress(
-            TextColumn("[bold]finetune"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]} eval {task.fields[eval]} | {task.fields[tps]} tok/s"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=err_console,
-            disable=not enabled,
-        )
-        self.task: Any = None
-        self.started = time.perf_counter()
-
-    def __enter__(self) -> _ProgressBar:
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.__exit__(None, None, None)
-
-    def update(self, e: TrainEvent) -> None:
-        if not self.enabled:
-            return
-        if e.kind == "status":
-            status(e.message)
-        elif e.kind == "start":
-            self.task = self.bar.add_task("train", total=e.total_steps, completed=e.step, loss="-", eval="-", tps="-")
-            if e.step:
-                status(f"resumed at step {e.step}")
-        elif self.task is not None and e.kind == "step":
-            self.bar.update(self.task, completed=e.step, loss=f"{e.loss:.4f}", tps=f"{e.tokens_per_second:.0f}")
-        elif self.task is not None and e.kind == "eval":
-            self.bar.update(self.task, eval=f"{e.eval_loss:.4f}")

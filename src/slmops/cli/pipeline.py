@@ -10,8 +10,7 @@ import typer
 from rich.table import Table
 
 from slmops.cli.common import JsonOpt, console, err_console, open_store, print_json, status
-from slmops.cli.distill import _GenerateBar
-from slmops.cli.finetune import _ProgressBar
+from slmops.cli.progress import GenerateBar, TrainBar
 from slmops.pipeline import (
     PipelineRun,
     compare_runs,
@@ -71,10 +70,10 @@ class ConsoleObserver(Observer):
             status(text)
 
     def train(self, event: Any) -> None:
-        self._bar(_ProgressBar).update(event)
+        self._bar(TrainBar).update(event)
 
     def generate(self, event: Any) -> None:
-        self._bar(_GenerateBar).update(event)
+        self._bar(GenerateBar).update(event)
 
 
 def _execute(run: Any, as_json: bool) -> PipelineRun:
