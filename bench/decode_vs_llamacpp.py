@@ -12,7 +12,8 @@ decoding:
   skips it).
 
 Per side: time to first token = wall time of a ``max_tokens=1`` request; decode tokens/s =
-``(n - 1) / (t_n - t_1)`` for an ``n``-token request; each measured ``--repeats`` times after one
+``(n - 1) / (t_n - t_1)`` for an ``n``-token request (every request opens with a different
+system message, so no prompt-prefix cache is reused); each measured ``--repeats`` times after one
 warm-up, the best kept. For the ONNX side the runtime's own loop (``og.Generator`` with no
 detokenization or stop handling) is timed too, so the engine's per-token overhead shows.
 The last stdout line is one JSON object with every figure.
@@ -62,21 +63,24 @@ def _convert(store: Any, model: str, **options: Any) -> str:
     return optimize(model, store=store, **options).record.ref
 
 
-def _request(max_tokens: int) -> Any:
+def _request(max_tokens: int, nonce: int = 0) -> Any:
+    """The benchmark request; ``nonce`` opens the system message, so no engine can reuse a cached
+    prompt prefix from the previous request (llama-cpp-python keeps the longest common prefix)."""
     from slmops.engines import GenerationParams, GenerationRequest
 
-    return GenerationRequest.chat(PROMPT, GenerationParams(max_tokens=max_tokens, temperature=0.0))
+    system = f"Session {nonce}. You are a helpful assistant."
+    return GenerationRequest.chat(PROMPT, GenerationParams(max_tokens=max_tokens, temperature=0.0), system=system)
 
 
 def time_engine(engine: Any, max_tokens: int, repeats: int) -> dict[str, Any]:
-    engine.generate([_request(4)])  # warm-up: lazy allocation and caches are not billed
+    engine.generate([_request(4, 1000)])  # warm-up: lazy allocation is not billed
     ttft, total, tokens, text = [], [], 0, ""
-    for _ in range(repeats):
+    for i in range(repeats):
         t0 = time.perf_counter()
-        engine.generate([_request(1)])
+        engine.generate([_request(1, 2 * i + 1)])
         ttft.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        result = engine.generate([_request(max_tokens)])[0]
+        result = engine.generate([_request(max_tokens, 2 * i + 2)])[0]
         total.append(time.perf_counter() - t0)
         tokens, text = result.completion_tokens, result.text
     t1, tn = min(ttft), min(total)
