@@ -306,7 +306,9 @@ def optimize(
             parents=parents,
             recipe=recipe,
             metrics={"optimize": q.to_dict()},
-            parameters=params or None,
+            # a conversion keeps the parameter count of what it converted (ONNX folders do not say)
+            parameters=params or (base.record.parameters if base is not None and base.record else None)
+            or (source.record.parameters if source.record and source.format != "peft-adapter" else None),
         )
     return OptimizeResult(source.label, record, q, recipe)
 

@@ -80,5 +80,7 @@ def register(
             parents=parents,
             recipe=recipe,
             metrics=metrics,
-            parameters=trainable_parameters(model) if fmt == "peft-adapter" else None,
+            parameters=trainable_parameters(model) if fmt == "peft-adapter" else sum(
+                p.numel() for p in model.parameters()
+            ),
         )
