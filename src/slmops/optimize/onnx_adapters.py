@@ -107,13 +107,11 @@ def detach_lora_inputs(onnx_dir: Path) -> dict[str, np.ndarray]:
     from onnx import TensorProto, helper, numpy_helper
 
     path = onnx_dir / "model.onnx"
-    model = onnx.load(str(path), load_external_data=False)
+    model = onnx.load(str(path))
     held: dict[str, np.ndarray] = {}
     for init in list(model.graph.initializer):
         if ".lora_A." not in init.name and ".lora_B." not in init.name:
             continue
-        if onnx.external_data_helper.uses_external_data(init):
-            onnx.external_data_helper.load_external_data_for_tensor(init, str(onnx_dir))
         value = numpy_helper.to_array(init)
         held[init.name] = value
         is_a = ".lora_A." in init.name
@@ -124,9 +122,10 @@ def detach_lora_inputs(onnx_dir: Path) -> dict[str, np.ndarray]:
         model.graph.input.append(helper.make_tensor_value_info(init.name, TensorProto.FLOAT, dims))
     if not held:
         raise SlmopsError(f"The ONNX model in {onnx_dir} has no LoRA weights to detach.")
-    tmp = path.with_suffix(".onnx.tmp")
-    onnx.save(model, str(tmp))  # the external weights file is untouched; only the graph changes
-    tmp.replace(path)
+    for old in onnx_dir.glob("model.onnx*"):  # rewritten whole, so the detached weights leave no dead bytes
+        old.unlink()
+    onnx.save(model, str(path), save_as_external_data=True, location="model.onnx.data")
+    (onnx_dir / "model.onnx.data").chmod(0o644)  # onnx writes it 0600; the builder's files are 0644
     return held
 
 

@@ -70,6 +70,7 @@ def hqq_quantize(
     for old in onnx_dir.glob("model.onnx*"):
         old.unlink()
     onnx.save(model, str(path), save_as_external_data=True, location="model.onnx.data")
+    (onnx_dir / "model.onnx.data").chmod(0o644)  # onnx writes it 0600; the builder's files are 0644
     return {"matmuls": len(targets), "offset_layout": rewritten, "shared_embedding": tied, "block_size": block_size}
 
 
