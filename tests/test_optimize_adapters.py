@@ -91,10 +91,13 @@ def test_adapter_file_holds_the_builders_lora_weights(adapter_store, loras: dict
         np.testing.assert_allclose(value, graph[name], rtol=1e-6, atol=1e-7)
 
 
-def test_int4_base_keeps_the_lora_paths_unquantized(adapter_store):
+@pytest.mark.parametrize("algorithm", [None, "hqq"])
+def test_int4_base_keeps_the_lora_paths_unquantized(adapter_store, algorithm: str | None):
     import onnx
 
-    rec = optimize("qa", to="onnx", precision="int4", keep_adapters=True, store=adapter_store).record
+    rec = optimize(
+        "qa", to="onnx", precision="int4", algorithm=algorithm, keep_adapters=True, store=adapter_store
+    ).record
     graph = onnx.load(str(rec.path / "model.onnx"), load_external_data=False).graph
     ops = {n.name: n.op_type for n in graph.node}
     assert ops["/model/layers.0/attn/q_proj/lora_A/MatMul"] == "MatMul"

@@ -1,4 +1,4 @@
-"""The HQQ int4 build (the ONNX int4 default): HQQ weights rewritten into the fast symmetric
+"""The HQQ int4 build (``--algorithm hqq``): HQQ weights rewritten into the fast symmetric
 kernel plus a block-offset term give the same logits as the float-zero-point graph; the
 tied embedding reads the 8-bit LM head; no float zero points are left for the slow kernel."""
 
@@ -51,8 +51,8 @@ def test_offset_layout_gives_the_same_logits_as_float_zero_points(fp32_dir: Path
     assert not np.allclose(expected, _logits(fp32_dir, ids), atol=1e-4)  # it is quantized
 
 
-def test_default_int4_build_is_hqq_with_a_shared_8bit_embedding(tiny_model_dir: Path, fp32_dir: Path, tmp_path: Path):
-    info = build_onnx(tiny_model_dir, tmp_path / "int4", precision="int4")
+def test_hqq_int4_build_shares_an_8bit_embedding(tiny_model_dir: Path, fp32_dir: Path, tmp_path: Path):
+    info = build_onnx(tiny_model_dir, tmp_path / "int4", precision="int4", algorithm="hqq")
     assert info["hqq"]["shared_embedding"] is True and info["hqq"]["block_size"] == 32
     graph = onnx.load(str(tmp_path / "int4" / "model.onnx"), load_external_data=False).graph
     inits = {i.name: i for i in graph.initializer}

@@ -33,7 +33,7 @@ def optimize(
     ] = None,
     algorithm: Annotated[
         str | None,
-        typer.Option("--algorithm", help="int4/int8 method: hqq (int4 default), k_quant_mixed, rtn_last, ..."),
+        typer.Option("--algorithm", help="int4/int8 method: k_quant_mixed (int4 default), hqq, rtn_last, ..."),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="Execution provider the ONNX model is built for.")] = "cpu",
     output: Annotated[

@@ -42,7 +42,7 @@ class OptimizeConfig:
     block_size: int = 32
     symmetric: bool = True
     accuracy_level: int | None = None
-    algorithm: str | None = None  # onnx int4/int8 method (default: hqq for int4)
+    algorithm: str | None = None  # onnx int4/int8 method (default: k_quant_mixed for int4)
     device: str = "cpu"
     output: str | None = None
     max_ppl_increase: float | None = None  # percent
