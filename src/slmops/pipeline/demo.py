@@ -12,7 +12,7 @@ from slmops.pipeline.spec import load_spec
 from slmops.pipeline.steps import Observer
 
 # --quick: fewer teacher prompts, training steps and test items (about 3 minutes on 2 cores)
-QUICK: dict[str, Any] = {"prompts": 90, "train_steps": 12, "test_limit": 30, "latency_samples": 3}
+QUICK: dict[str, Any] = {"prompts": 120, "train_steps": 22, "test_limit": 24, "latency_samples": 3}
 
 
 def run_demo(
