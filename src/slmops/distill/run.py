@@ -25,7 +25,7 @@ from slmops.distill.train import DistillTrainResult, run_train
 from slmops.errors import SlmopsError
 from slmops.evaluate.builtin import BUILTIN_DATASETS, BUILTIN_PREFIX, resolve_data
 from slmops.evaluate.run import default_report_dir
-from slmops.models.refs import validate_name
+from slmops.models.refs import name_problems
 from slmops.models.store import ModelStore
 from slmops.optimize.prune import PruneConfig, PruneResult, parse_keep, prune
 
@@ -79,11 +79,7 @@ class DistillRunConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 p.append(f"--{name.replace('_', '-')} must be >= 1 (got {value})")
-        if self.output is not None:
-            try:
-                validate_name(self.output, "--output name")
-            except SlmopsError as exc:
-                p.append(str(exc))
+        p += name_problems(self.output)
         return p
 
 

@@ -23,6 +23,17 @@ def validate_name(name: str, what: str = "model name") -> str:
     return name
 
 
+def name_problems(name: str | None, what: str = "--output name") -> list[str]:
+    """The problem with ``name`` as a one-item list ([] when it is valid or not given), for configs
+    that report every problem at once."""
+    try:
+        if name is not None:
+            validate_name(name, what)
+    except SlmopsError as exc:
+        return [str(exc)]
+    return []
+
+
 def validate_alias(alias: str) -> str:
     if not ALIAS_RE.match(alias):
         raise SlmopsError(

@@ -28,7 +28,7 @@ from typing import Any
 
 from slmops.errors import SlmopsError
 from slmops.models.artifacts import disk_errors, inspect, require_free_space, write_provenance
-from slmops.models.refs import validate_name
+from slmops.models.refs import name_problems, validate_name
 from slmops.models.resolve import ResolvedModel, resolve
 from slmops.models.store import ModelRecord, ModelStore, folder_size
 
@@ -64,11 +64,7 @@ class PruneConfig:
             p.append(f"--calibration-tokens must be >= 16 (got {self.calibration_tokens})")
         if self.seq_len < 16:
             p.append(f"--seq-len must be >= 16 (got {self.seq_len})")
-        if self.output is not None:
-            try:
-                validate_name(self.output, "--output name")
-            except SlmopsError as exc:
-                p.append(str(exc))
+        p += name_problems(self.output)
         return p
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from slmops.errors import SlmopsError
 from slmops.models.artifacts import disk_errors, inspect, require_free_space, write_provenance
 from slmops.models.pull import Progress, gguf_to_hf
-from slmops.models.refs import validate_name
+from slmops.models.refs import name_problems, validate_name
 from slmops.models.resolve import ResolvedModel, resolve
 from slmops.models.store import ModelRecord, ModelStore, folder_size
 from slmops.optimize import quality, task_check
@@ -94,11 +94,7 @@ class OptimizeConfig:
             p.append("--adapter (more adapters to keep) needs --keep-adapters")
         if self.strict and self.max_ppl_increase is None:
             p.append("--strict needs --max-ppl-increase (the limit it enforces)")
-        if self.output is not None:
-            try:
-                validate_name(self.output, "--output name")
-            except SlmopsError as exc:
-                p.append(str(exc))
+        p += name_problems(self.output)
         if source_format == "onnx-genai":
             p.append("the source is already an ONNX GenAI model; optimize its Hugging Face or adapter source instead")
         if self.merge and source_format not in (None, "peft-adapter"):
