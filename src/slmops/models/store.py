@@ -111,6 +111,11 @@ class ModelStore:
             d.mkdir(parents=True, exist_ok=True)
         self._lock = FileLock(str(self.home / "store.lock"), timeout=600)
         with self._connect() as db:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                # WAL is a property of the file: switch once, under the write lock. Two processes
+                # switching at the same moment get SQLITE_BUSY without the busy handler's wait.
+                with self._lock:
+                    db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
 
     # -- connections -----------------------------------------------------------------------
@@ -119,7 +124,6 @@ class ModelStore:
         db = sqlite3.connect(self.home / "index.db", timeout=60, isolation_level=None)
         db.row_factory = sqlite3.Row
         try:
-            db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA busy_timeout=60000")
             yield db
         finally:
