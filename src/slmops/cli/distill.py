@@ -274,7 +274,7 @@ def run(
     Without --student, the student is the teacher pruned to --student-layers (default 10);
     without --data/--test, the built-in support-language task.
 
-    Example: slmops distill run --teacher smollm2-135m-instruct --student-layers 10 --max-steps 150
+    Example: slmops distill run --teacher smollm2-135m-instruct --student-layers 10 --max-steps 30
     """
     if student is None and student_layers is None:
         student_layers = _RUN.student_layers

@@ -53,9 +53,9 @@ class DistillRunConfig:
     output: str | None = None  # store name of the distilled student
     few_shot: int = 0  # teacher-side few-shot examples from the training data
     method: str = "full"
-    max_steps: int = 150
+    max_steps: int = 30  # 4 packed rows of 512 tokens a step: about 3 passes over 225 answers
     lr: float = 1e-4
-    batch_size: int = 8
+    batch_size: int = 4
     train_options: dict[str, Any] = field(default_factory=dict)  # any other FinetuneConfig field
     limit: int | None = None  # training prompts used
     test_limit: int | None = None
