@@ -52,7 +52,7 @@ def test_distill_run_prunes_generates_trains_and_reports(teacher_store, tmp_path
     assert result.student == result.pruned.record.ref and result.pruned.record.parents == ["teacher:1"]
     assert result.train.record.parents == [result.student] and result.distilled == result.train.record.ref
     assert result.train.lineage["teacher"] == "teacher"
-    assert result.pruned.calibration["source"] == str(data)  # calibrated on the training prompts
+    assert result.pruned.calibration["source"] == "builtin:held-out-text"  # general text, not the task prompts
     # stage 1 answered every prompt, and the accepted answers are what the student trained on
     assert result.generate.inputs == 4 and result.generate.counts["accepted"] >= 1
     assert result.train.finetune.steps == 3
