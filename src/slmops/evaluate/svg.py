@@ -81,6 +81,13 @@ class _Plot:
                    f"{escape(y_label)}</text>")
         return out
 
+    def close(self, out: list[str], empty: bool) -> str:
+        if empty:
+            out.append(f'<text x="{self.left + self.pw / 2}" y="{self.top + self.ph / 2}" text-anchor="middle">'
+                       "no data</text>")
+        out.append("</g></svg>")
+        return "".join(out)
+
 
 def _open(width: int, height: int, title: str) -> str:
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -93,7 +100,7 @@ def scatter(points: Sequence[Point], x_label: str, y_label: str, width: int = 52
     in_unit = all(0 <= p.y <= 1 for p in points)  # most metrics live in [0, 1]; BLEU and judge scores do not
     y_max = 1.0 if in_unit else _nice_max(max(p.y for p in points) * 1.05)
     plot = _Plot(width, height, x_max, y_max)
-    sx, sy, left, top, pw, ph = plot.sx, plot.sy, plot.left, plot.top, plot.pw, plot.ph
+    sx, sy, left, pw = plot.sx, plot.sy, plot.left, plot.pw
     out = plot.frame(x_label, y_label)
     for i, p in enumerate(points):
         color = PALETTE[i % len(PALETTE)]
@@ -103,10 +110,7 @@ def scatter(points: Sequence[Point], x_label: str, y_label: str, width: int = 52
         dx = -8 if anchor == "end" else 8
         out.append(f'<text x="{sx(p.x) + dx:.1f}" y="{sy(p.y) - 6:.1f}" text-anchor="{anchor}" fill="{color}">'
                    f"{escape(_short(p.label))}</text>")
-    if not points:
-        out.append(f'<text x="{left + pw / 2}" y="{top + ph / 2}" text-anchor="middle">no data</text>')
-    out.append("</g></svg>")
-    return "".join(out)
+    return plot.close(out, empty=not points)
 
 
 def bars(items: Sequence[tuple[str, float]], unit: str, width: int = 520, bar_h: int = 22) -> str:
@@ -165,7 +169,7 @@ def lines(series: dict[str, Sequence[tuple[float, float]]], x_label: str, y_labe
     points = [p for s in series.values() for p in s]
     plot = _Plot(width, height, _nice_max(max((x for x, _ in points), default=1)),
                  _nice_max(max((y for _, y in points), default=1) * 1.05))
-    sx, sy, left, top, pw, ph = plot.sx, plot.sy, plot.left, plot.top, plot.pw, plot.ph
+    sx, sy, left, top, pw = plot.sx, plot.sy, plot.left, plot.top, plot.pw
     out = plot.frame(x_label, y_label, vertical_grid=False)
     for i, (name, pts) in enumerate(series.items()):
         color = PALETTE[i % len(PALETTE)]
@@ -176,7 +180,4 @@ def lines(series: dict[str, Sequence[tuple[float, float]]], x_label: str, y_labe
             out.append(f'<circle cx="{sx(pts[0][0]):.1f}" cy="{sy(pts[0][1]):.1f}" r="3" fill="{color}"/>')
         out.append(f'<text x="{left + pw - 6}" y="{top + 14 + 14 * i}" text-anchor="end" fill="{color}">'
                    f"{escape(name)}</text>")
-    if not points:
-        out.append(f'<text x="{left + pw / 2}" y="{top + ph / 2}" text-anchor="middle">no data</text>')
-    out.append("</g></svg>")
-    return "".join(out)
+    return plot.close(out, empty=not points)
