@@ -19,6 +19,7 @@ from slmops.cli import data as data_cmds
 from slmops.cli import distill as distill_cmds
 from slmops.cli import evaluate as evaluate_cmds
 from slmops.cli import finetune as finetune_cmds
+from slmops.cli import gc as gc_cmds
 from slmops.cli import generate as generate_cmds
 from slmops.cli import models as models_cmds
 from slmops.cli import ops as ops_cmds
@@ -52,6 +53,7 @@ app.command("bench")(ops_cmds.bench)
 app.command("validate")(ops_cmds.validate)
 app.add_typer(data_cmds.app, name="data")
 app.add_typer(distill_cmds.app, name="distill")
+app.command("gc")(gc_cmds.gc_cmd)
 
 
 def _version(value: bool) -> None:
