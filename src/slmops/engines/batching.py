@@ -32,7 +32,7 @@ from slmops.errors import EngineError
 
 if TYPE_CHECKING:
     from slmops.engines.base import Engine, StreamChunk
-    from slmops.engines.torch_engine import TorchEngine
+    from slmops.engines.decoder import Decoder
 
 
 @dataclass(frozen=True)
@@ -116,9 +116,9 @@ def _mergeable(cache: Any) -> bool:
 
 
 class DecodeBatch:
-    """A running batch of a :class:`TorchEngine`; used from one thread at a time."""
+    """A running batch of a :class:`TorchEngine` (any :class:`Decoder`); used from one thread at a time."""
 
-    def __init__(self, engine: TorchEngine) -> None:
+    def __init__(self, engine: Decoder) -> None:
         self.engine = engine
         self._rows: list[_Row] = []  # in cache order
         self._pending: list[_Row] = []

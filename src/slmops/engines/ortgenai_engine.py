@@ -102,7 +102,7 @@ class OrtGenAIEngine(Engine):
         self.adapters, self.default_adapter, self._og_adapters = self._load_adapters(path)
 
     def _load_adapters(self, path: Path) -> tuple[tuple[str, ...], str | None, Any]:
-        from slmops.optimize.onnx_adapters import read_manifest
+        from slmops.engines.onnx_manifest import read_manifest
 
         manifest = read_manifest(path)
         if not manifest:
