@@ -288,6 +288,39 @@ class StreamBatch:
         return events
 
 
+class SerialBatch(StreamBatch):
+    """The step interface over an engine that holds one sequence (llama.cpp): requests decode
+    one after another, in arrival order; each step takes one chunk from the current one."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self._queue: dict[int, tuple[GenerationRequest, int]] = {}
+        self._current: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._queue) + len(self._streams)
+
+    @property
+    def running(self) -> int:
+        return len(self._streams)
+
+    def add(self, request: GenerationRequest, prompt_ids: list[int] | None = None) -> int:
+        rid, self._next_id = self._next_id, self._next_id + 1
+        self._queue[rid] = (request, len(prompt_ids or ()))
+        return rid
+
+    def cancel(self, rid: int) -> None:
+        self._queue.pop(rid, None)
+        super().cancel(rid)
+
+    def step(self) -> list[BatchEvent]:
+        if not self._streams and self._queue:
+            rid = next(iter(self._queue))
+            request, n = self._queue.pop(rid)
+            self._streams[rid] = (iter(self.engine.stream(request)), n)
+        return super().step()
+
+
 def _final_chunk() -> StreamChunk:
     from slmops.engines.base import StreamChunk
 
