@@ -24,6 +24,9 @@ class GenerationParams:
 
     ``temperature == 0`` means greedy decoding. ``seed`` makes sampling reproducible:
     the same request with the same seed gives the same text, alone or in a batch.
+    ``grammar`` (an llguidance grammar from :mod:`slmops.engines.grammar`) constrains the
+    answer to that grammar. ``logprobs`` asks for each generated token's log-probability
+    plus that many alternatives (0 = the chosen token only); ``None`` = none.
     """
 
     max_tokens: int = 256
@@ -31,6 +34,8 @@ class GenerationParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    grammar: str | None = field(default=None, repr=False)
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -40,6 +45,8 @@ class GenerationParams:
             problems.append(f"temperature must be >= 0 (got {self.temperature})")
         if not 0 < self.top_p <= 1:
             problems.append(f"top_p must be in (0, 1] (got {self.top_p})")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
+            problems.append(f"logprobs must be in 0..20 (got {self.logprobs})")
         if any(not s for s in self.stop):
             problems.append("stop sequences must be non-empty strings")
         if problems:
@@ -75,12 +82,23 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability under the model (before temperature, top_p and any
+    grammar mask), and the ``top`` most likely alternatives as ``(token_id, logprob)``."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class GenerationResult:
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: FinishReason
     seconds: float = 0.0  # wall time from the start of its batch (or HTTP request) to its last token
+    logprobs: tuple[TokenLogprob, ...] | None = None  # when params.logprobs was set
 
     @property
     def tokens_per_second(self) -> float:
@@ -96,6 +114,7 @@ class StreamChunk:
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()  # the tokens behind this chunk (when asked for)
 
 
 class Engine(abc.ABC):

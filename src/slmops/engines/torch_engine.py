@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from slmops.engines.base import Engine, GenerationRequest, GenerationResult, StreamChunk
+from slmops.engines.base import Engine, GenerationRequest, GenerationResult, StreamChunk, TokenLogprob
 from slmops.engines.batching import BatchEvent, DecodeBatch
 from slmops.errors import EngineError
 
@@ -47,6 +47,7 @@ class TorchEngine(Engine):
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (min(eos_ids) if eos_ids else 0)
         self.context_length = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
+        self.vocab_size = int(getattr(model.config, "vocab_size", 0) or len(tokenizer))
         self.adapters = dict(adapters or {})  # request adapter name -> PEFT adapter name in ``model``
 
     @classmethod
@@ -106,13 +107,15 @@ class TorchEngine(Engine):
             batch = self.new_batch()
             ids = [batch.add(r) for r in chunk]
             pieces: dict[int, list[str]] = {i: [] for i in ids}
+            lps: dict[int, list[TokenLogprob]] = {i: [] for i in ids}
             finals: dict[int, tuple[BatchEvent, float]] = {}
             while batch:
                 for ev in batch.step():
                     pieces[ev.id].append(ev.text)
+                    lps[ev.id].extend(ev.logprobs)
                     if ev.finish_reason is not None:
                         finals[ev.id] = (ev, time.perf_counter())
-            for i in ids:
+            for i, request in zip(ids, chunk, strict=True):
                 ev, finished_at = finals[i]
                 results.append(
                     GenerationResult(
@@ -121,6 +124,7 @@ class TorchEngine(Engine):
                         completion_tokens=ev.completion_tokens,
                         finish_reason=ev.finish_reason or "length",
                         seconds=finished_at - t0,
+                        logprobs=tuple(lps[i]) if request.params.logprobs is not None else None,
                     )
                 )
         return results
@@ -130,8 +134,8 @@ class TorchEngine(Engine):
         batch.add(request)
         while batch:
             for ev in batch.step():
-                if ev.text:
-                    yield StreamChunk(ev.text)
+                if ev.text or ev.logprobs:
+                    yield StreamChunk(ev.text, logprobs=ev.logprobs)
                 if ev.finish_reason is not None:
                     yield StreamChunk(
                         "",
