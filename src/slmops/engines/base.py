@@ -9,6 +9,7 @@ callers never format prompts themselves.
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -55,8 +56,24 @@ class GenerationParams:
 
 @dataclass(frozen=True)
 class Message:
+    """A chat message; an assistant message may carry ``tool_calls`` as ``(id, name, arguments
+    JSON)`` and a ``tool`` message the ``tool_call_id`` it answers."""
+
     role: str
     content: str
+    tool_calls: tuple[tuple[str, str, str], ...] = ()
+    tool_call_id: str | None = None
+
+    def as_dict(self) -> dict:
+        out: dict = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [
+                {"id": i, "type": "function", "function": {"name": n, "arguments": json.loads(a or "{}")}}
+                for i, n, a in self.tool_calls
+            ]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
 
 
 @dataclass(frozen=True)
@@ -64,12 +81,14 @@ class GenerationRequest:
     """Exactly one of ``prompt`` (raw text, no template) or ``messages`` (chat).
 
     ``adapter`` picks one of the adapters an engine was opened with (``open_engine("base+a,b")``);
-    ``None`` is the model as opened (for a multi-adapter engine: the base without adapters)."""
+    ``None`` is the model as opened (for a multi-adapter engine: the base without adapters).
+    ``tools`` is the JSON text of the function definitions the model may call (chat only)."""
 
     prompt: str | None = None
     messages: tuple[Message, ...] | None = None
     params: GenerationParams = field(default_factory=GenerationParams)
     adapter: str | None = None
+    tools: str | None = None
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):

@@ -9,6 +9,7 @@ batch and the cache; new rows may join between steps.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -61,14 +62,26 @@ class TorchEngine(Engine):
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
         tok = self.tokenizer
         if request.messages is None:
-            return list(tok(request.prompt, add_special_tokens=True)["input_ids"])
+            ids = list(tok(request.prompt, add_special_tokens=True)["input_ids"])
+            if not ids and tok.bos_token_id is not None:
+                ids = [tok.bos_token_id]  # an empty prompt starts from BOS (a base model's unconditional text)
+            return ids
         if not tok.chat_template:
             raise EngineError(
                 "This model has no chat template, so chat messages cannot be formatted.",
                 "Send a raw prompt instead (e.g. `slmops generate --raw`), or use an instruction-tuned model.",
             )
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        messages = [m.as_dict() for m in request.messages]
+        tools = json.loads(request.tools) if request.tools else None
+        extra: dict[str, Any] = {}
+        if tools or any(m.tool_calls or m.role == "tool" for m in request.messages):
+            from slmops.engines.tools import render_default, template_has_tools
+
+            if template_has_tools(tok.chat_template):
+                extra["tools"] = [{"type": "function", "function": f} for f in tools or ()]
+            else:
+                messages = render_default(messages, tools)
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **extra)
         return list(tok(text, add_special_tokens=False)["input_ids"])
 
     def count_tokens(self, request: GenerationRequest) -> int:
