@@ -106,9 +106,26 @@ def _validate(grammar: str, what: str) -> str:
     return grammar
 
 
+def close_objects(schema: Any) -> Any:
+    """A copy where every object schema with ``properties`` but no ``additionalProperties``
+    takes no other properties (OpenAI's strict mode demands ``additionalProperties: false``;
+    here it is the default, so a model cannot wander off adding keys until ``max_tokens``)."""
+    if isinstance(schema, list):
+        return [close_objects(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: (v if k in ("const", "enum", "default", "examples") else close_objects(v)) for k, v in schema.items()}
+    if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema:
+        out["additionalProperties"] = False
+    return out
+
+
 def json_schema_grammar(schema: Any, *, strict: bool = True, what: str = "The JSON schema") -> str:
-    """An llguidance grammar for JSON documents that validate against ``schema``."""
+    """An llguidance grammar for JSON documents that validate against ``schema`` (with
+    ``strict``, objects take only their listed properties unless the schema says otherwise)."""
     schema = check_schema(schema, what=what)
+    if strict:
+        schema = close_objects(schema)
     llg = _llg()
     options = {**JSON_OPTIONS, "lenient": not strict}
     return _validate(llg.LLMatcher.grammar_from_json_schema(schema, overrides=options), what)

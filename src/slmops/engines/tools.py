@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from slmops.engines.grammar import JSON_OPTIONS, check_schema, lark_grammar
+from slmops.engines.grammar import JSON_OPTIONS, check_schema, close_objects, json_schema_grammar, lark_grammar
 
 CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
 MAX_PARALLEL_CALLS = 4
@@ -133,7 +133,10 @@ def tool_call_grammar(functions: Sequence[dict[str, Any]], *, parallel: bool = T
     options: list[dict[str, Any]] = []
     for i, f in enumerate(functions):
         params = f.get("parameters") or {"type": "object", "properties": {}}
-        params = check_schema(params, what=f"tools[{i}].function.parameters")
+        what = f"tools[{i}].function.parameters"
+        strict_fn = f.get("strict", True) is not False
+        json_schema_grammar(params, strict=strict_fn, what=what)  # each one checked alone: errors name it
+        params = close_objects(check_schema(params, what=what)) if strict_fn else params
         options.append(
             {
                 "type": "object",

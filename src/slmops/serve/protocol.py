@@ -239,12 +239,6 @@ class ChatCompletionRequest(_Sampling):
     tools: list[Tool] | None = Field(None, max_length=128)
     top_logprobs: int | None = Field(None, ge=0, le=20)
 
-    @model_validator(mode="after")
-    def _logprobs(self) -> ChatCompletionRequest:
-        if self.top_logprobs is not None and not self.logprobs:
-            raise ValueError("'top_logprobs' needs 'logprobs' set to true")
-        return self
-
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
@@ -264,6 +258,8 @@ class ChatCompletionRequest(_Sampling):
 
     def check(self) -> None:
         """Checks across fields and messages; each a 400 naming the parameter."""
+        if self.top_logprobs is not None and not self.logprobs:
+            raise APIError(400, "'top_logprobs' needs 'logprobs' set to true.", param="top_logprobs")
         if self.tool_choice is not None and self.tool_choice != "none" and not self.tools:
             raise APIError(400, "'tool_choice' needs 'tools' to choose from.", param="tool_choice")
         names = self.tool_names
@@ -521,3 +517,47 @@ class ModelList(BaseModel):
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+# -- embeddings ------------------------------------------------------------------------------
+MAX_EMBEDDING_INPUTS = 2048
+
+
+class EmbeddingRequest(_Request):
+    input: str | list[str] | list[int] | list[list[int]]
+    model: str
+    dimensions: int | None = Field(None, ge=1)
+    encoding_format: Literal["float", "base64"] = "float"
+    user: str | None = None
+
+    def inputs(self) -> list[str | list[int]]:
+        """Each input as text or token ids; an empty input (or list) is a 400 naming ``input``."""
+        x = self.input
+        items: list[Any] = [x] if isinstance(x, str) else ([list(x)] if x and isinstance(x[0], int) else list(x))
+        if not items:
+            raise APIError(400, "'input' must not be an empty list.", param="input")
+        if len(items) > MAX_EMBEDDING_INPUTS:
+            raise APIError(400, f"'input' has {len(items)} items; the limit is {MAX_EMBEDDING_INPUTS}.", param="input")
+        for i, item in enumerate(items):
+            if len(item) == 0:
+                where = "input" if len(items) == 1 else f"input[{i}]"
+                raise APIError(400, f"'{where}' is empty; send some text.", param="input", code="empty_input")
+        return items
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: EmbeddingUsage

@@ -8,19 +8,22 @@ tickets, which leave the running batch at the next step.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from slmops.engines.base import GenerationRequest, TokenLogprob
 from slmops.engines.batching import BatchEvent
-from slmops.engines.scoring import prompt_logprobs
+from slmops.engines.scoring import embed, prompt_logprobs
 from slmops.engines.tools import parse_calls
+from slmops.errors import EngineError
 from slmops.serve.canary import PIN_HEADER
 from slmops.serve.metrics import ServeMetrics
 from slmops.serve.pool import Loaded, ModelPool
@@ -37,6 +40,10 @@ from slmops.serve.protocol import (
     CompletionRequest,
     CompletionResponse,
     Delta,
+    EmbeddingData,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
     FunctionDelta,
     ResponseMessage,
     ResponseToolCall,
@@ -138,6 +145,64 @@ class Serving:
             choices.append(CompletionChoice(index=i, text=text, finish_reason=finish, logprobs=lps))
         resp = CompletionResponse(id=rid, model=body.model, choices=choices, usage=job.usage())
         return JSONResponse(resp.model_dump(), headers=self._headers(job))
+
+    async def embeddings(self, body: EmbeddingRequest, http: Request) -> Any:
+        """Mean-pooled, unit-length last hidden states (:func:`slmops.engines.scoring.embed`),
+        computed between two decode steps of the model's scheduler."""
+        items = body.inputs()
+        route = await self.pool.get(body.model, user=body.user, pin=http.headers.get(PIN_HEADER))
+        loaded = route.loaded
+        http.state.route = (body.model, route.version)
+        engine = loaded.engine
+        tokenizer = getattr(engine, "tokenizer", None)
+        if tokenizer is None:
+            raise APIError(400, f"{body.model} runs on an engine that cannot compute embeddings.", param="model")
+        ids = [list(tokenizer(x, add_special_tokens=True)["input_ids"]) if isinstance(x, str) else x for x in items]
+        limit = loaded.context_length
+        for i, seq in enumerate(ids):
+            where = "input" if len(ids) == 1 else f"input[{i}]"
+            if limit is not None and len(seq) > limit:
+                raise APIError(
+                    400,
+                    f"'{where}' is {len(seq)} tokens; {loaded.key} takes at most {limit}. Shorten it or split it.",
+                    param="input",
+                    code="context_length_exceeded",
+                )
+            vocab = getattr(engine, "vocab_size", None) or len(tokenizer)
+            if any(not 0 <= t < vocab for t in seq):
+                raise APIError(400, f"'{where}' has token ids outside the vocabulary (0..{vocab - 1}).", param="input")
+
+        def run() -> np.ndarray:
+            with loaded.worker.exclusive():
+                return embed(engine, ids)
+
+        try:
+            vectors = await asyncio.to_thread(run)
+        except EngineError as exc:
+            raise APIError(400, str(exc), param="model") from exc
+        if body.dimensions is not None:
+            if body.dimensions > vectors.shape[1]:
+                raise APIError(
+                    400, f"'dimensions' is {body.dimensions}; this model's embeddings have {vectors.shape[1]}.",
+                    param="dimensions",
+                )  # fmt: skip
+            vectors = vectors[:, : body.dimensions]
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        data = [
+            EmbeddingData(
+                index=i,
+                embedding=base64.b64encode(v.astype("<f4").tobytes()).decode("ascii")
+                if body.encoding_format == "base64"
+                else v.tolist(),
+            )
+            for i, v in enumerate(vectors)
+        ]
+        tokens = sum(len(s) for s in ids)
+        resp = EmbeddingResponse(
+            data=data, model=body.model, usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens)
+        )
+        self.metrics.observe_request(body.model, route.version, 200, prompt_tokens=tokens)
+        return JSONResponse(resp.model_dump(), headers={"x-slmops-model-version": route.version})
 
     # -- tool calls and logprobs -------------------------------------------------------------
     @staticmethod
