@@ -107,6 +107,27 @@ def sample(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
     return out
 
 
+def choose(logits: torch.Tensor, rows: list[_Row], eos_ids: set[int]) -> list[BatchEvent]:
+    """One step's decision for every row (the shared tail of a decode step): mask each
+    constrained row's logits to its grammar, sample, record log-probabilities (of the raw
+    distribution) for rows that asked, and advance the rows."""
+    raw = logits
+    constrained = [(s, r.constraint) for s, r in enumerate(rows) if r.constraint is not None]
+    if constrained:
+        logits = logits.float().clone()
+        mask_torch(logits, constrained)
+    chosen = sample(logits, rows).tolist()
+    lps = token_logprobs(raw, chosen, [r.params.logprobs for r in rows], eos_ids)
+    return [row.event(row.advance(t, eos_ids), lp) for row, t, lp in zip(rows, chosen, lps, strict=True)]
+
+
+def attach_constraint(row: _Row, engine: Any) -> None:
+    """Give a new row its grammar matcher when its request has one (engines with a HF tokenizer)."""
+    if row.params.grammar is not None:
+        vocab = getattr(engine, "vocab_size", None) or len(engine.tokenizer)
+        row.constraint = row_constraint(engine, row.params.grammar, vocab)
+
+
 def token_logprobs(
     logits: torch.Tensor, tokens: list[int], wanted: list[int | None], eos_ids: set[int]
 ) -> list[TokenLogprob | None]:
@@ -180,8 +201,7 @@ class DecodeBatch:
         rid, self._next_id = self._next_id, self._next_id + 1
         row = _Row(rid, prompt, params, min(params.max_tokens, room), decoder, StopMatcher(params.stop), gen)
         row.adapter = request.adapter
-        if params.grammar is not None:
-            row.constraint = row_constraint(self.engine, params.grammar, self.engine.vocab_size)
+        attach_constraint(row, self.engine)
         self._pending.append(row)
         return rid
 
@@ -201,17 +221,7 @@ class DecodeBatch:
             logits = torch.cat([logits, self._prefill(newcomers)]) if logits is not None else self._prefill(newcomers)
         if logits is None:
             return []
-        raw = logits
-        constrained = [(s, r.constraint) for s, r in enumerate(self._rows) if r.constraint is not None]
-        if constrained:
-            logits = logits.float().clone()
-            mask_torch(logits, constrained)
-        chosen = sample(logits, self._rows).tolist()
-        eos = self.engine.eos_ids
-        lps = token_logprobs(raw, chosen, [r.params.logprobs for r in self._rows], eos)
-        events = [
-            row.event(row.advance(t, eos), lp) for row, t, lp in zip(self._rows, chosen, lps, strict=True)
-        ]
+        events = choose(logits, self._rows, self.engine.eos_ids)
         self._keep([s for s, r in enumerate(self._rows) if r.finish is None])
         return events
 
