@@ -52,16 +52,14 @@ def parse_broker(
     """Parse ``mqtt://``/``mqtts://`` URLs; explicit arguments, then env vars fill credentials."""
     parts = urlsplit(url.strip())
     if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise SlmopsError(
-            f"invalid broker address {url!r}.", "Use mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS)."
-        )
+        raise SlmopsError(f"invalid broker address {url!r}.", "Use mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS).")
     try:
         port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
     except ValueError:
         raise SlmopsError(f"invalid port in broker address {url!r}.") from None
     user = username or (unquote(parts.username) if parts.username else None) or os.environ.get("SLMOPS_BROKER_USERNAME")
-    secret = password or (unquote(parts.password) if parts.password else None) or os.environ.get(
-        "SLMOPS_BROKER_PASSWORD"
+    secret = (
+        password or (unquote(parts.password) if parts.password else None) or os.environ.get("SLMOPS_BROKER_PASSWORD")
     )
     ca = str(ca_file) if ca_file else os.environ.get("SLMOPS_BROKER_CA")
     if ca and not Path(ca).is_file():
@@ -138,8 +136,10 @@ def connect(broker: Broker, *, timeout: float = 10.0, **kw) -> paho.Client:
     try:
         client.connect(broker.host, broker.port, keepalive=30)
     except (OSError, ValueError) as exc:
-        raise BrokerError(f"cannot reach the MQTT broker at {broker.url}: {exc}.",
-                          "Start one with `slmops fleet up` or pass --broker mqtt://HOST:PORT.") from None
+        raise BrokerError(
+            f"cannot reach the MQTT broker at {broker.url}: {exc}.",
+            "Start one with `slmops fleet up` or pass --broker mqtt://HOST:PORT.",
+        ) from None
     client.loop_start()
     if not client.connected_event.wait(timeout):
         why = client.last_error or f"no answer within {timeout:.0f}s"
@@ -175,9 +175,7 @@ def publish_retained(broker: Broker, messages: dict[str, bytes], *, timeout: flo
         close(client)
 
 
-def collect_retained(
-    broker: Broker, *patterns: str, quiet: float = 0.3, timeout: float = 10.0
-) -> dict[str, bytes]:
+def collect_retained(broker: Broker, *patterns: str, quiet: float = 0.3, timeout: float = 10.0) -> dict[str, bytes]:
     """The retained messages of ``patterns`` (wildcards allowed): subscribe, then gather until
     no message has arrived for ``quiet`` seconds after the subscription was acknowledged."""
     got: dict[str, bytes] = {}

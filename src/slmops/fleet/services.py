@@ -208,7 +208,9 @@ def read_recorded(home: Path) -> dict[str, Service]:
         data = json.loads(path.read_text())
         return {k: Service(**{f: v[f] for f in Service.__dataclass_fields__ if f in v}) for k, v in data.items()}
     except (ValueError, TypeError, KeyError) as exc:
-        raise SlmopsError(f"{path} is not a valid services record ({exc}).", "Remove it and run `slmops fleet up`.") from None
+        raise SlmopsError(
+            f"{path} is not a valid services record ({exc}).", "Remove it and run `slmops fleet up`."
+        ) from None
 
 
 def _record(home: Path, services: dict[str, Service]) -> None:
