@@ -229,21 +229,27 @@ class Client:
         return digest
 
     def fetch_blob(
-        self, repository: str, digest: str, dest: Path, *, progress: Callable[[int], None] | None = None
+        self, repository: str, digest: str, dest: Path, *, rate_limit: int | None = None
     ) -> None:
-        """Stream a blob to ``dest`` while hashing it; a mismatch removes the file and raises."""
+        """Stream a blob to ``dest`` while hashing it (at most ``rate_limit`` bytes/s when
+        given); a mismatch removes the file and raises."""
         url = f"{self.prefix}://{self._container(repository).get_blob_url(digest)}"
         r = self._request("GET", url, stream=True)
         with contextlib.closing(r):
             self._check(r, f"the download of blob {digest[:19]}")
             h = hashlib.sha256()
+            started, done = time.monotonic(), 0
             try:
                 with open(dest, "wb") as f:
-                    for chunk in r.iter_content(chunk_size=CHUNK):
+                    for chunk in r.iter_content(chunk_size=min(CHUNK, rate_limit or CHUNK)):
                         h.update(chunk)
                         f.write(chunk)
-                        if progress:
-                            progress(len(chunk))
+                        done += len(chunk)
+                        if rate_limit:
+                            f.flush()
+                            ahead = done / rate_limit - (time.monotonic() - started)
+                            if ahead > 0:
+                                time.sleep(ahead)
             except requests.exceptions.RequestException as exc:
                 dest.unlink(missing_ok=True)
                 raise RegistryError(f"download of blob {digest[:19]} broke off: {type(exc).__name__}.") from None
@@ -335,6 +341,7 @@ def push(
     client: Client | None = None,
     sign_key: Path | None = None,
     probe: list[dict[str, Any]] | None = None,
+    probe_min_score: float = 0.5,
     progress: Callable[[str], None] | None = None,
 ) -> PushResult:
     """Push a store model as an slmops artifact to ``target`` (tag), optionally signed."""
@@ -374,6 +381,7 @@ def push(
         "files": {layer["annotations"][TITLE]: layer["digest"] for layer in layers},
         "size_bytes": total,
         "probe": probe or [],
+        "probe_min_score": probe_min_score,
         "slmops_version": __version__,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -490,6 +498,7 @@ def pull(
     trust: Path | None = None,
     name: str | None = None,
     min_free_bytes: int = 0,
+    rate_limit: int | None = None,
     progress: Callable[[str], None] | None = None,
     artifact: Artifact | None = None,
 ) -> PullResult:
@@ -537,7 +546,7 @@ def pull(
                 part = dest.with_name(dest.name + ".part")
                 if progress:
                     progress(f"downloading {rel} ({layer['size']} bytes)")
-                client.fetch_blob(ref.repository, layer["digest"], part)
+                client.fetch_blob(ref.repository, layer["digest"], part, rate_limit=rate_limit)
                 os.replace(part, dest)
                 fetched += int(layer["size"])
         for rel, digest in cfg["files"].items():  # belt and braces before anything is registered
@@ -555,6 +564,7 @@ def pull(
                 "source_ref": f"{cfg.get('name')}:{cfg.get('version')}",
                 "signed_by_trusted_key": trust is not None,
                 "probe": cfg.get("probe") or [],
+                "probe_min_score": cfg.get("probe_min_score", 0.5),
             },
             "source_recipe": cfg.get("recipe") or {},
             "source_parents": cfg.get("parents") or [],
