@@ -32,8 +32,9 @@ class StateWatch:
         self.availability: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self.client = mqtt.connect(mqtt.parse_broker(broker_url), on_message=self._on)
-        self.client.subscribe([(protocol.fleet_wildcard(fleet, leaf), 1)
-                               for leaf in ("state", "telemetry", "availability")])
+        self.client.subscribe(
+            [(protocol.fleet_wildcard(fleet, leaf), 1) for leaf in ("state", "telemetry", "availability")]
+        )
 
     def _on(self, topic: str, payload: bytes, retained: bool) -> None:
         _, dev, leaf = protocol.split_topic(topic)
@@ -62,9 +63,18 @@ class StateWatch:
 
 
 def start_agent(home: Path, broker_url: str, fleet: str, device: str, **kw) -> Agent:
-    cfg = AgentConfig(device_id=device, fleet=fleet, broker=mqtt.parse_broker(broker_url), home=home, port=0,
-                      report_interval=kw.pop("report_interval", 0.5), retry_min_s=0.2, retry_max_s=1.0,
-                      threads=1, **kw)
+    cfg = AgentConfig(
+        device_id=device,
+        fleet=fleet,
+        broker=mqtt.parse_broker(broker_url),
+        home=home,
+        port=0,
+        report_interval=kw.pop("report_interval", 0.5),
+        retry_min_s=0.2,
+        retry_max_s=1.0,
+        threads=1,
+        **kw,
+    )
     agent = Agent(cfg)
     agent.start()
     threading.Thread(target=agent.run_forever, daemon=True, name=f"agent-{device}").start()

@@ -132,7 +132,13 @@ def assign(
     for device_id in device_ids:
         prev = current.get(device_id)
         generation = (prev.desired.generation + 1) if prev and prev.desired else 1
-        out[device_id] = DesiredState(reference=reference, digest=digest, format=format, served_name=served_name,
-                                      rollout=rollout, generation=generation)  # type: ignore[arg-type]
+        out[device_id] = DesiredState(
+            reference=reference,
+            digest=digest,
+            format=format,
+            served_name=served_name,
+            rollout=rollout,
+            generation=generation,
+        )  # type: ignore[arg-type]
     mqtt.publish_retained(broker, {protocol.desired_topic(fleet, d): s.to_payload() for d, s in out.items()})
     return out
