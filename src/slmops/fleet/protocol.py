@@ -189,7 +189,5 @@ def parse(kind: type[_Message], topic: str, payload: bytes) -> Any:
     try:
         return kind.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()[:5]
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()[:5])
         raise ProtocolError(f"malformed {kind.__name__} on {topic}: {problems}.") from None
