@@ -112,8 +112,9 @@ class Agent:
         reqlog = self.dir / "requests.jsonl" if config.share_logs else None
         self.app = create_app(
             self.store,
-            ServeConfig(host=config.host, port=config.port, memory_budget_mb=1 << 20, request_log=reqlog,
-                        threads=config.threads),
+            ServeConfig(
+                host=config.host, port=config.port, memory_budget_mb=1 << 20, request_log=reqlog, threads=config.threads
+            ),
         )
         self.pool = self.app.state.pool
         self.window = _Window()
@@ -217,8 +218,9 @@ class Agent:
             probe_score=self.active.probe_score if self.active else None,
         )
 
-    def _observe(self, model: str, version: str, status: int | str, *, seconds=None, ttft=None,
-                 completion_tokens: int = 0) -> None:
+    def _observe(
+        self, model: str, version: str, status: int | str, *, seconds=None, ttft=None, completion_tokens: int = 0
+    ) -> None:
         try:
             code = int(status)
         except (TypeError, ValueError):
@@ -314,8 +316,9 @@ class Agent:
         if ref.digest and ref.digest != d.digest:
             raise SlmopsError(f"the desired reference {d.reference} does not match its digest {d.digest}.")
         ref = ref.with_digest(d.digest)
-        client = oci.Client(ref.registry, credentials=self.config.registry_credentials,
-                            plain_http=self.config.plain_http)
+        client = oci.Client(
+            ref.registry, credentials=self.config.registry_credentials, plain_http=self.config.plain_http
+        )
         result = self._with_retries(lambda: self._fetch(client, ref, d), d)
         if result is None:
             return  # superseded or stopping
@@ -328,8 +331,11 @@ class Agent:
         score = probe.run_probe(loaded.engine, items, max_tokens=self.config.probe_max_tokens)
         minimum = float(oci_info.get("probe_min_score", probe.DEFAULT_MIN_SCORE))
         if score is not None and score < minimum:
-            if not self.active or self.active.store_ref != rec.ref:
-                threading.Thread(target=self.pool.retire, args=(rec.ref,), kwargs={"grace_s": 0}, daemon=True).start()
+            kept = {p["store_ref"] for p in self.previous} | ({self.active.store_ref} if self.active else set())
+            if rec.ref not in kept:  # never routed to: unload and remove it
+                self.pool.retire(rec.ref, grace_s=0)
+                with contextlib.suppress(SlmopsError):
+                    self.store.remove(rec.ref, force=True)
             raise SlmopsError(f"probe score {score:.2f} of {d.digest[:19]} is below {minimum:.2f}; not switched.")
         old = self.pool.switch(d.served_name, rec.ref)
         if self.active and self.active.digest != d.digest:
@@ -337,8 +343,9 @@ class Agent:
                 p for p in self.previous if p["digest"] not in (self.active.digest, d.digest)
             ]
         self.previous = [p for p in self.previous if p["digest"] != d.digest]
-        self.active = ActiveModel(digest=d.digest, reference=d.reference, store_ref=rec.ref, rollout=d.rollout,
-                                  probe_score=score)
+        self.active = ActiveModel(
+            digest=d.digest, reference=d.reference, store_ref=rec.ref, rollout=d.rollout, probe_score=score
+        )
         self.served_name = d.served_name
         self._save_state()
         self._set("ok")
@@ -353,8 +360,15 @@ class Agent:
             raise oci.ArtifactError(f"the desired state says format {d.format} but {ref} is {fmt}.")
         if oci.find_pulled(self.store, art.digest) is None:
             self._set("downloading")
-        return oci.pull(self.store, ref, client=client, trust=self.config.trust, artifact=art,
-                        min_free_bytes=self.config.min_free_bytes, rate_limit=self.config.download_rate_limit)
+        return oci.pull(
+            self.store,
+            ref,
+            client=client,
+            trust=self.config.trust,
+            artifact=art,
+            min_free_bytes=self.config.min_free_bytes,
+            rate_limit=self.config.download_rate_limit,
+        )
 
     def _with_retries(self, step, d: DesiredState):
         delay = self.config.retry_min_s
@@ -427,8 +441,9 @@ class Agent:
         c = self.config
         if self._client is not None:
             if self._client.is_connected():
-                info = self._client.publish(protocol.availability_topic(c.fleet, c.device_id), b"offline", qos=1,
-                                            retain=True)
+                info = self._client.publish(
+                    protocol.availability_topic(c.fleet, c.device_id), b"offline", qos=1, retain=True
+                )
                 with contextlib.suppress(RuntimeError, ValueError):
                     info.wait_for_publish(2)
             mqtt.close(self._client)

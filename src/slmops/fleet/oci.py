@@ -228,9 +228,7 @@ class Client:
             os.unlink(f.name)
         return digest
 
-    def fetch_blob(
-        self, repository: str, digest: str, dest: Path, *, rate_limit: int | None = None
-    ) -> None:
+    def fetch_blob(self, repository: str, digest: str, dest: Path, *, rate_limit: int | None = None) -> None:
         """Stream a blob to ``dest`` while hashing it (at most ``rate_limit`` bytes/s when
         given); a mismatch removes the file and raises."""
         url = f"{self.prefix}://{self._container(repository).get_blob_url(digest)}"
