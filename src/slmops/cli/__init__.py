@@ -26,6 +26,7 @@ from slmops.cli import optimize as optimize_cmds
 from slmops.cli import pipeline as pipeline_cmds
 from slmops.cli import prune as prune_cmds
 from slmops.cli import serve as serve_cmds
+from slmops.cli import ui as ui_cmds
 from slmops.cli.common import err_console
 from slmops.errors import SlmopsError
 
@@ -48,6 +49,7 @@ app.command("optimize")(optimize_cmds.optimize)
 app.command("export")(optimize_cmds.export)
 app.command("prune")(prune_cmds.prune)
 app.command("serve")(serve_cmds.serve)
+app.command("ui")(ui_cmds.ui)
 app.command("bench")(ops_cmds.bench)
 app.command("validate")(ops_cmds.validate)
 app.add_typer(data_cmds.app, name="data")
