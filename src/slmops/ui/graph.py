@@ -92,7 +92,8 @@ def build_graph(store: ModelStore, ref: str) -> Graph:
                     graph.add(_model_node(found))
                     graph.link(f"model:{found.ref}", me, name)
                 else:
-                    graph.add(Node(f"teacher:{teacher}", "teacher", teacher[-40:], name))
+                    url, _, served = teacher.partition("#")
+                    graph.add(Node(f"teacher:{teacher}", "teacher", served or url, f"{name} · {url}" if served else name))
                     graph.link(f"teacher:{teacher}", me, name)
             else:
                 short = value[:12] if len(value) >= 32 else value
