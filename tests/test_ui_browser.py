@@ -41,7 +41,8 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+            why = proc.stderr.read() if proc.stderr else ""
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}: {why}")
         try:
             if httpx.get(url, timeout=1).status_code < 500:
                 return
@@ -92,7 +93,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Ite
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install '.[dev]')")
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         yield b
@@ -177,12 +178,15 @@ def test_every_page_loads_without_console_errors(world: dict, browser) -> None:
             if name == "run":  # the embedded report rendered in its frame
                 frame = p.page.frame_locator("iframe.report")
                 assert "ui-demo" in frame.locator("h1").first.inner_text()
+                p.page.set_viewport_size({"width": 1280, "height": 1900})  # frames paint only inside the viewport
+                p.page.wait_for_timeout(300)
             if name == "serving":
                 p.page.wait_for_selector("section.endpoint [data-role=status].up")
                 p.page.wait_for_selector("form.route")
             if name == "evaluations":
                 assert p.page.locator("svg.ci-chart line.ci").count() >= 2  # whiskers for teacher and students
             shot(world, p.page, name)
+            p.page.set_viewport_size({"width": 1280, "height": 900})
             assert p.errors == [], (path, p.errors)
         # the search filters the table in place (htmx), without a page load
         p.page.goto("/models")

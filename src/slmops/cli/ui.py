@@ -20,7 +20,7 @@ def ui(
     ] = None,
     serve: Annotated[
         list[str] | None,
-        typer.Option("--serve", help="A `slmops serve` endpoint to watch live, e.g. http://127.0.0.1:8000 (repeatable)."),
+        typer.Option("--serve", help="A `slmops serve` endpoint to watch, e.g. http://127.0.0.1:8000 (repeatable)."),
     ] = None,
     serve_api_key: Annotated[
         str | None,
@@ -41,7 +41,8 @@ def ui(
     from slmops.serve.runner import run
     from slmops.ui import UIConfig, create_ui_app
 
-    config = UIConfig(host=host, port=port, api_key=api_key, serve=tuple(serve or ()), serve_api_key=serve_api_key,
+    config = UIConfig(host=host, port=port, api_key=api_key or None, serve=tuple(serve or ()),
+                      serve_api_key=serve_api_key or None,
                       refresh_s=refresh)
     app = create_ui_app(open_store(), config)
     status(f"console on http://{host}:{port}/ ({'actions need the API key' if api_key else 'read-only'};"

@@ -93,7 +93,8 @@ def build_graph(store: ModelStore, ref: str) -> Graph:
                     graph.link(f"model:{found.ref}", me, name)
                 else:
                     url, _, served = teacher.partition("#")
-                    graph.add(Node(f"teacher:{teacher}", "teacher", served or url, f"{name} · {url}" if served else name))
+                    sub = f"{name} · {url}" if served else name
+                    graph.add(Node(f"teacher:{teacher}", "teacher", served or url, sub))
                     graph.link(f"teacher:{teacher}", me, name)
             else:
                 short = value[:12] if len(value) >= 32 else value
