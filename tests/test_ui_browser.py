@@ -37,12 +37,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            why = proc.stderr.read() if proc.stderr else ""
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}: {why}")
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}: {log.read_text()[-2000:]}")
         try:
             if httpx.get(url, timeout=1).status_code < 500:
                 return
@@ -74,14 +73,14 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Ite
     serve = subprocess.Popen(
         [*cli, "serve", "router:1", "router:2", "--port", str(sport), "--api-key", SERVE_KEY, "--threads", "1",
          "--canary", "router=router:1:50,router:2:50"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        env=env, stdout=subprocess.DEVNULL, stderr=(work / "serve.log").open("w"))
     ui = subprocess.Popen(
         [*cli, "ui", "--port", str(uport), "--api-key", KEY, "--serve", f"http://127.0.0.1:{sport}/v1",
          "--serve-api-key", SERVE_KEY, "--refresh", "0.5"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        env=env, stdout=subprocess.DEVNULL, stderr=(work / "ui.log").open("w"))
     try:
-        _wait_http(f"http://127.0.0.1:{sport}/health", serve)
-        _wait_http(f"http://127.0.0.1:{uport}/login", ui)
+        _wait_http(f"http://127.0.0.1:{sport}/health", serve, work / "serve.log")
+        _wait_http(f"http://127.0.0.1:{uport}/login", ui, work / "ui.log")
         shots = work / "screenshots"
         shots.mkdir()
         yield {"store": store, "runs": run_ids, "serve": f"http://127.0.0.1:{sport}", "ui": f"http://127.0.0.1:{uport}",
