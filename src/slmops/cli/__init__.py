@@ -29,6 +29,7 @@ from slmops.cli import pipeline as pipeline_cmds
 from slmops.cli import prune as prune_cmds
 from slmops.cli import rollout as rollout_cmds
 from slmops.cli import serve as serve_cmds
+from slmops.cli import ui as ui_cmds
 from slmops.cli.common import err_console, print_json
 from slmops.errors import SlmopsError, error_json
 
@@ -51,6 +52,7 @@ app.command("optimize")(optimize_cmds.optimize)
 app.command("export")(optimize_cmds.export)
 app.command("prune")(prune_cmds.prune)
 app.command("serve")(serve_cmds.serve)
+app.command("ui")(ui_cmds.ui)
 app.command("bench")(ops_cmds.bench)
 app.command("validate")(ops_cmds.validate)
 app.add_typer(data_cmds.app, name="data")
