@@ -32,10 +32,19 @@ EXTRAS = {extra: _declared(reqs) for extra, reqs in PYPROJECT["optional-dependen
 
 
 def _imports() -> list[tuple[str, str, bool]]:
-    """(top-level module, file, imported at module level) for every import in src/slmops."""
+    """(top-level module, file, imported at module level) for every import in src/slmops, except
+    guarded ones (inside a ``try`` that catches ImportError: optional, or an extra's with its own message)."""
     out = []
     for path in (ROOT / "src" / "slmops").rglob("*.py"):
         tree = ast.parse(path.read_text(), str(path))
+        optional = {
+            id(n)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Try)
+            and any(_catches_import_error(h) for h in node.handlers)
+            for stmt in node.body
+            for n in ast.walk(stmt)
+        }
         top_level = {id(node) for node in tree.body} | {
             id(n) for node in tree.body if isinstance(node, ast.If | ast.Try) for n in ast.walk(node)
         }
@@ -46,9 +55,16 @@ def _imports() -> list[tuple[str, str, bool]]:
                 names = [node.module]
             else:
                 continue
+            if id(node) in optional:
+                continue
             for name in names:
                 out.append((name.split(".")[0], str(path.relative_to(ROOT)), id(node) in top_level))
     return out
+
+
+def _catches_import_error(handler: ast.ExceptHandler) -> bool:
+    names = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+    return any(isinstance(n, ast.Name) and n.id in ("ImportError", "ModuleNotFoundError") for n in names)
 
 
 @functools.cache
