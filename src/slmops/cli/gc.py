@@ -20,7 +20,7 @@ def gc_cmd(
 
     Example: slmops gc --dry-run
     """
-    from slmops.gc import gc
+    from slmops.pipeline.gc import gc
 
     result = gc(open_store(), dry_run=dry_run)
     if as_json:

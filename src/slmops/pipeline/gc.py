@@ -12,7 +12,7 @@ What counts as garbage (each reported with its size and why):
   interrupted fine-tune's checkpoints count too (``--dry-run`` lists them first);
 * **stale cache entries**: pipeline step-cache entries whose outputs are gone.
 
-It sits above the store and the pipeline because it reads both.
+It lives in the pipeline layer because it reads the pipeline step cache as well as the store.
 """
 
 from __future__ import annotations
