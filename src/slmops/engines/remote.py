@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -332,6 +333,13 @@ def _as_dict(obj: Any, url: str) -> dict[str, Any]:
         return obj.model_dump(exclude_unset=True)
     if isinstance(obj, dict):
         return obj
+    if isinstance(obj, str | bytes):  # JSON sent under another content type reaches us as text
+        try:
+            data = json.loads(obj)
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            return data
     snippet = str(obj)[:_ERROR_TEXT_LIMIT]
     raise EngineError(
         f"The response from {url} is not valid JSON: {snippet!r}.",
