@@ -27,7 +27,9 @@ from slmops.cli import ops as ops_cmds
 from slmops.cli import optimize as optimize_cmds
 from slmops.cli import pipeline as pipeline_cmds
 from slmops.cli import prune as prune_cmds
+from slmops.cli import rollout as rollout_cmds
 from slmops.cli import serve as serve_cmds
+from slmops.cli import ui as ui_cmds
 from slmops.cli.common import err_console, print_json, reflow_app_help
 from slmops.errors import SlmopsError, error_json
 
@@ -50,10 +52,12 @@ app.command("optimize")(optimize_cmds.optimize)
 app.command("export")(optimize_cmds.export)
 app.command("prune")(prune_cmds.prune)
 app.command("serve")(serve_cmds.serve)
+app.command("ui")(ui_cmds.ui)
 app.command("bench")(ops_cmds.bench)
 app.command("validate")(ops_cmds.validate)
 app.add_typer(data_cmds.app, name="data")
 app.add_typer(distill_cmds.app, name="distill")
+app.add_typer(rollout_cmds.app, name="rollout")
 
 
 def _version(value: bool) -> None:
