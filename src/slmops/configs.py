@@ -12,12 +12,14 @@ default and limits), so the three never drift apart.
 from __future__ import annotations
 
 import contextlib
+from contextvars import ContextVar
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from slmops.errors import SlmopsError
 
+_RAW: ContextVar[bool] = ContextVar("slmops_config_raw", default=False)
 _LIMITS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
 
 
@@ -54,6 +56,9 @@ class CommandConfig(BaseModel):
             if name in values:
                 raise TypeError(f"{type(self).__name__} got {name!r} twice")
             values[name] = value
+        if _RAW.get():  # validate_raw: pydantic's own error, with locations, for the pipeline's messages
+            super().__init__(**values)
+            return
         try:
             super().__init__(**values)
         except ValidationError as exc:
@@ -70,6 +75,16 @@ class CommandConfig(BaseModel):
     def problems(self) -> list[str]:
         """Cross-field rules (``--regex`` or ``--json-schema``, not both); one line each."""
         return []
+
+    @classmethod
+    def validate_raw(cls, values: dict[str, Any]) -> CommandConfig:
+        """Build without the cross-field rules, raising pydantic's ``ValidationError`` (field
+        locations intact); the pipeline checks a step this way and adds :meth:`problems`."""
+        token = _RAW.set(True)
+        try:
+            return cls(**values)
+        finally:
+            _RAW.reset(token)
 
     @classmethod
     def _error(cls, problems: list[str]) -> ConfigError:
