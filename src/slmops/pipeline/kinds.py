@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from slmops.checks import parse_check
 from slmops.configs import CommandConfig
-from slmops.gates import parse_check
 
 Problems = list[tuple[tuple[Any, ...], str]]
 
