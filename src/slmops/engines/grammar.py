@@ -100,7 +100,7 @@ def _validate(grammar: str, what: str) -> str:
                 keyword = f"format: {keyword}"
         raise GrammarError(
             f"{what} cannot be enforced: {message}.",
-            "Remove or rewrite that keyword, or send strict: false to ignore keywords the server cannot enforce.",
+            "Remove or rewrite that keyword, or use non-strict mode (strict: false), which ignores such keywords.",
             keyword=keyword,
         )
     return grammar
@@ -208,3 +208,31 @@ def mask_numpy(logits: np.ndarray, constraints: Iterable[tuple[int, RowConstrain
 def row_constraint(engine: Any, grammar: str, vocab_size: int) -> RowConstraint:
     """A fresh matcher for one row of ``engine`` (its tokenizer is built once per engine)."""
     return RowConstraint(engine_tokenizer(engine, vocab_size), grammar)
+
+
+# -- the Python API and the CLI's --json-schema ------------------------------------------------
+def load_schema_file(path: Any) -> dict[str, Any]:
+    """A JSON Schema file, checked (size, depth, validity); errors name the file."""
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise GrammarError(f"Cannot read the JSON schema file {p} ({exc.strerror or exc}).") from exc
+    return check_schema(text, what=f"The JSON schema in {p}")
+
+
+def with_json_schema(params: Any, schema: Any, *, strict: bool = True, name: str = "answer") -> Any:
+    """``params`` that make every engine answer with JSON valid against ``schema``: local
+    engines decode under the grammar, remote ones are sent ``response_format``.
+
+    >>> from slmops.engines import GenerationParams
+    >>> p = with_json_schema(GenerationParams(), {"type": "object", "properties": {"label": {"enum": ["a", "b"]}}})
+    """
+    from dataclasses import replace
+
+    schema = check_schema(schema)
+    grammar = json_schema_grammar(schema, strict=strict)
+    fmt = {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": strict}}
+    return replace(params, grammar=grammar, response_format=json.dumps(fmt))
