@@ -33,7 +33,7 @@ from slmops.errors import EngineError
 
 if TYPE_CHECKING:
     from slmops.engines.base import Engine, StreamChunk
-    from slmops.engines.torch_engine import TorchEngine
+    from slmops.engines.decoder import Decoder
 
 
 @dataclass(frozen=True)
@@ -162,9 +162,9 @@ def _mergeable(cache: Any) -> bool:
 
 
 class DecodeBatch:
-    """A running batch of a :class:`TorchEngine`; used from one thread at a time."""
+    """A running batch of a :class:`TorchEngine` (any :class:`Decoder`); used from one thread at a time."""
 
-    def __init__(self, engine: TorchEngine) -> None:
+    def __init__(self, engine: Decoder) -> None:
         self.engine = engine
         self._rows: list[_Row] = []  # in cache order
         self._pending: list[_Row] = []
@@ -333,6 +333,39 @@ class StreamBatch:
                 )
             )
         return events
+
+
+class SerialBatch(StreamBatch):
+    """The step interface over an engine that holds one sequence (llama.cpp): requests decode
+    one after another, in arrival order; each step takes one chunk from the current one."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self._queue: dict[int, tuple[GenerationRequest, int]] = {}
+        self._current: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._queue) + len(self._streams)
+
+    @property
+    def running(self) -> int:
+        return len(self._streams)
+
+    def add(self, request: GenerationRequest, prompt_ids: list[int] | None = None) -> int:
+        rid, self._next_id = self._next_id, self._next_id + 1
+        self._queue[rid] = (request, len(prompt_ids or ()))
+        return rid
+
+    def cancel(self, rid: int) -> None:
+        self._queue.pop(rid, None)
+        super().cancel(rid)
+
+    def step(self) -> list[BatchEvent]:
+        if not self._streams and self._queue:
+            rid = next(iter(self._queue))
+            request, n = self._queue.pop(rid)
+            self._streams[rid] = (iter(self.engine.stream(request)), n)
+        return super().step()
 
 
 def _final_chunk() -> StreamChunk:

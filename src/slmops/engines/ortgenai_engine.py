@@ -35,9 +35,12 @@ from slmops.engines.base import (
     StreamChunk,
     TokenLogprob,
 )
+from slmops.engines.batching import StreamBatch
 from slmops.engines.grammar import RowConstraint, mask_numpy, row_constraint
+from slmops.engines.ort_batching import DecoderGraph, OrtDecodeBatch
+from slmops.engines.prefix_cache import PrefixCache
 from slmops.engines.text import IncrementalDecoder, StopMatcher
-from slmops.engines.torch_engine import TorchEngine
+from slmops.engines.torch_engine import TorchEngine, _generate_batched, _stream_batched
 from slmops.errors import EngineError, InvalidModelError
 
 
@@ -85,17 +88,16 @@ class OrtGenAIEngine(Engine):
         genai = json.loads(cfg_path.read_text(encoding="utf-8"))["model"]
         config = og.Config(str(path))
         config.clear_providers()  # CPU; a CUDA build keeps its provider only when the runtime has one
+        self._cuda = False
         for provider in genai["decoder"]["session_options"].get("provider_options", []):
             for name in provider:
                 if name == "cuda" and os.environ.get("SLMOPS_ORT_CUDA"):
                     config.append_provider(name)
+                    self._cuda = True
         if threads:
             overlay = {"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}
             config.overlay(json.dumps(overlay))
-        try:
-            self._og, self.og_model = og, og.Model(config)
-        except Exception as exc:  # onnxruntime raises RuntimeError/OrtException for a bad file
-            raise InvalidModelError(f"Could not load the ONNX model at {path} ({exc}).", "Rebuild it.") from exc
+        self._og, self._config, self._og_model = og, config, None
         self.path = path
         self.tokenizer = load_tokenizer(path)
         eos = genai.get("eos_token_id")
@@ -106,9 +108,33 @@ class OrtGenAIEngine(Engine):
         self.vocab_size = int(genai.get("vocab_size") or len(self.tokenizer))
         self.max_batch_size = max_batch_size
         self.adapters, self.default_adapter, self._og_adapters = self._load_adapters(path)
+        # continuous batching and prefix caching on the decoder graph (see ort_batching); models
+        # with adapters, or graphs it does not know, run on the runtime's generator instead
+        self.graph = None if self.adapters or self._cuda else DecoderGraph.open(path, threads=threads)
+        self.prefix_cache = PrefixCache() if self.graph is not None else None
+        if self.graph is None:
+            _ = self.og_model  # load now: a bad file fails at open, not at the first request
+
+    @property
+    def og_model(self) -> Any:
+        """The runtime's model, loaded on first use (only the generator path needs it)."""
+        if self._og_model is None:
+            try:
+                self._og_model = self._og.Model(self._config)
+            except Exception as exc:  # onnxruntime raises RuntimeError/OrtException for a bad file
+                msg = f"Could not load the ONNX model at {self.path} ({exc})."
+                raise InvalidModelError(msg, "Rebuild it.") from exc
+        return self._og_model
+
+    def new_batch(self) -> OrtDecodeBatch | StreamBatch:
+        """A step-level batch requests join and leave between steps (continuous batching); the
+        runtime's per-request streams, taking turns, for models the decoder batcher cannot drive."""
+        if self.graph is None:
+            return StreamBatch(self)
+        return OrtDecodeBatch(self, self.graph, self.prefix_cache)
 
     def _load_adapters(self, path: Path) -> tuple[tuple[str, ...], str | None, Any]:
-        from slmops.optimize.onnx_adapters import read_manifest
+        from slmops.engines.onnx_manifest import read_manifest
 
         manifest = read_manifest(path)
         if not manifest:
@@ -126,6 +152,8 @@ class OrtGenAIEngine(Engine):
 
     # -- public API ------------------------------------------------------------------------
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        if self.graph is not None:
+            return _generate_batched(self, requests)
         t0 = time.perf_counter()
         rows: dict[int, _Row] = {}
         for row, _text in self._run(requests):
@@ -143,6 +171,9 @@ class OrtGenAIEngine(Engine):
         ]
 
     def stream(self, request: GenerationRequest) -> Iterator[StreamChunk]:
+        if self.graph is not None:
+            yield from _stream_batched(self, request)
+            return
         for row, text in self._run([request]):
             if text or row.last_logprob is not None:
                 yield StreamChunk(text, logprobs=(row.last_logprob,) if row.last_logprob is not None else ())
@@ -153,6 +184,10 @@ class OrtGenAIEngine(Engine):
 
     def logits(self, ids: Sequence[int], adapter: str | None = None) -> np.ndarray:
         """Logits for every position of one token sequence (``[len(ids), vocab]``), for scoring."""
+        if self.graph is not None and adapter is None and self.default_adapter is None:
+            g = self.graph
+            bufs = [np.zeros((1, g.kv_heads, len(ids), g.head_size), dtype=g.kv_dtype) for _ in g.past]
+            return np.asarray(g.run(np.asarray([ids]), [len(ids)], bufs)[0], dtype=np.float32)
         params = self._og.GeneratorParams(self.og_model)
         params.set_search_options(max_length=min(len(ids) + 1, self.context_length), batch_size=1)
         gen = self._og.Generator(self.og_model, params)

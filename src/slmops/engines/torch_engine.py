@@ -113,46 +113,56 @@ class TorchEngine(Engine):
         return DecodeBatch(self)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        results: list[GenerationResult] = []
-        for start in range(0, len(requests), self.max_batch_size):
-            chunk = requests[start : start + self.max_batch_size]
-            t0 = time.perf_counter()
-            batch = self.new_batch()
-            ids = [batch.add(r) for r in chunk]
-            pieces: dict[int, list[str]] = {i: [] for i in ids}
-            lps: dict[int, list[TokenLogprob]] = {i: [] for i in ids}
-            finals: dict[int, tuple[BatchEvent, float]] = {}
-            while batch:
-                for ev in batch.step():
-                    pieces[ev.id].append(ev.text)
-                    lps[ev.id].extend(ev.logprobs)
-                    if ev.finish_reason is not None:
-                        finals[ev.id] = (ev, time.perf_counter())
-            for i, request in zip(ids, chunk, strict=True):
-                ev, finished_at = finals[i]
-                results.append(
-                    GenerationResult(
-                        text="".join(pieces[i]),
-                        prompt_tokens=ev.prompt_tokens,
-                        completion_tokens=ev.completion_tokens,
-                        finish_reason=ev.finish_reason or "length",
-                        seconds=finished_at - t0,
-                        logprobs=tuple(lps[i]) if request.params.logprobs is not None else None,
-                    )
-                )
-        return results
+        return _generate_batched(self, requests)
 
     def stream(self, request: GenerationRequest) -> Iterator[StreamChunk]:
-        batch = self.new_batch()
-        batch.add(request)
+        return _stream_batched(self, request)
+
+
+def _generate_batched(engine: Any, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+    """``generate`` over an engine's step-level batch (``engine.new_batch()``), in chunks of
+    ``engine.max_batch_size``; results in request order."""
+    results: list[GenerationResult] = []
+    for start in range(0, len(requests), engine.max_batch_size):
+        chunk = requests[start : start + engine.max_batch_size]
+        t0 = time.perf_counter()
+        batch = engine.new_batch()
+        ids = [batch.add(r) for r in chunk]
+        pieces: dict[int, list[str]] = {i: [] for i in ids}
+        lps: dict[int, list[TokenLogprob]] = {i: [] for i in ids}
+        finals: dict[int, tuple[BatchEvent, float]] = {}
         while batch:
             for ev in batch.step():
-                if ev.text or ev.logprobs:
-                    yield StreamChunk(ev.text, logprobs=ev.logprobs)
+                pieces[ev.id].append(ev.text)
+                lps[ev.id].extend(ev.logprobs)
                 if ev.finish_reason is not None:
-                    yield StreamChunk(
-                        "",
-                        finish_reason=ev.finish_reason,
-                        prompt_tokens=ev.prompt_tokens,
-                        completion_tokens=ev.completion_tokens,
-                    )
+                    finals[ev.id] = (ev, time.perf_counter())
+        for i, request in zip(ids, chunk, strict=True):
+            ev, finished_at = finals[i]
+            results.append(
+                GenerationResult(
+                    text="".join(pieces[i]),
+                    prompt_tokens=ev.prompt_tokens,
+                    completion_tokens=ev.completion_tokens,
+                    finish_reason=ev.finish_reason or "length",
+                    seconds=finished_at - t0,
+                    logprobs=tuple(lps[i]) if request.params.logprobs is not None else None,
+                )
+            )
+    return results
+
+
+def _stream_batched(engine: Any, request: GenerationRequest) -> Iterator[StreamChunk]:
+    batch = engine.new_batch()
+    batch.add(request)
+    while batch:
+        for ev in batch.step():
+            if ev.text or ev.logprobs:
+                yield StreamChunk(ev.text, logprobs=ev.logprobs)
+            if ev.finish_reason is not None:
+                yield StreamChunk(
+                    "",
+                    finish_reason=ev.finish_reason,
+                    prompt_tokens=ev.prompt_tokens,
+                    completion_tokens=ev.completion_tokens,
+                )
