@@ -18,6 +18,7 @@ import torch
 
 from slmops.engines.base import Engine, GenerationRequest, GenerationResult, StreamChunk
 from slmops.engines.batching import BatchEvent, DecodeBatch
+from slmops.engines.prefix_cache import PrefixCache
 from slmops.errors import EngineError
 
 
@@ -48,6 +49,7 @@ class TorchEngine(Engine):
         self.pad_id = pad if pad is not None else (min(eos_ids) if eos_ids else 0)
         self.context_length = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
         self.adapters = dict(adapters or {})  # request adapter name -> PEFT adapter name in ``model``
+        self.prefix_cache: PrefixCache | None = PrefixCache()  # KV of prompt prefixes (see prefix_cache)
 
     @classmethod
     def from_path(cls, path: Path, *, gguf_file: str | None = None, threads: int | None = None) -> TorchEngine:
