@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from slmops.engines.base import GenerationRequest
-from slmops.engines.batching import BatchEvent, _Row, sample
+from slmops.engines.batching import BatchEvent, _Row, attach_constraint, choose
 from slmops.engines.prefix_cache import PrefixCache, shared_prefix_groups
 from slmops.engines.text import IncrementalDecoder, StopMatcher
 from slmops.errors import EngineError, InvalidModelError
@@ -175,6 +175,7 @@ class OrtDecodeBatch:
         rid, self._next_id = self._next_id, self._next_id + 1
         row = _Row(rid, prompt, params, min(params.max_tokens, room), decoder, StopMatcher(params.stop),
                    torch.Generator().manual_seed(seed))
+        attach_constraint(row, eng)
         self._pending.append(row)
         return rid
 
@@ -195,9 +196,7 @@ class OrtDecodeBatch:
         if not parts:
             return []
         logits = torch.from_numpy(np.concatenate(parts).astype(np.float32, copy=False))
-        tokens = sample(logits, self._rows)
-        eos = self.engine.eos_ids
-        events = [row.event(row.advance(int(t), eos)) for row, t in zip(self._rows, tokens.tolist(), strict=True)]
+        events = choose(logits, self._rows, self.engine.eos_ids)
         self._drop([s for s, r in enumerate(self._rows) if r.finish is not None])
         return events
 

@@ -33,8 +33,10 @@ from slmops.engines.base import (
     GenerationRequest,
     GenerationResult,
     StreamChunk,
+    TokenLogprob,
 )
 from slmops.engines.batching import StreamBatch
+from slmops.engines.grammar import RowConstraint, mask_numpy, row_constraint
 from slmops.engines.ort_batching import DecoderGraph, OrtDecodeBatch
 from slmops.engines.prefix_cache import PrefixCache
 from slmops.engines.text import IncrementalDecoder, StopMatcher
@@ -55,6 +57,9 @@ class _Row:
     finish: FinishReason | None = None
     finished_at: float = 0.0
     adapter: str | None = None
+    constraint: RowConstraint | None = None  # the row's grammar (structured output)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    last_logprob: TokenLogprob | None = None
 
 
 def _load_og() -> Any:
@@ -100,6 +105,7 @@ class OrtGenAIEngine(Engine):
         pad = genai.get("pad_token_id")
         self.pad_id = int(pad if pad is not None else min(self.eos_ids, default=0))
         self.context_length = int(genai.get("context_length") or 1 << 30)
+        self.vocab_size = int(genai.get("vocab_size") or len(self.tokenizer))
         self.max_batch_size = max_batch_size
         self.adapters, self.default_adapter, self._og_adapters = self._load_adapters(path)
         # continuous batching and prefix caching on the decoder graph (see ort_batching); models
@@ -128,7 +134,7 @@ class OrtGenAIEngine(Engine):
         return OrtDecodeBatch(self, self.graph, self.prefix_cache)
 
     def _load_adapters(self, path: Path) -> tuple[tuple[str, ...], str | None, Any]:
-        from slmops.optimize.onnx_adapters import read_manifest
+        from slmops.engines.onnx_manifest import read_manifest
 
         manifest = read_manifest(path)
         if not manifest:
@@ -159,6 +165,7 @@ class OrtGenAIEngine(Engine):
                 completion_tokens=r.completion_tokens,
                 finish_reason=r.finish or "length",
                 seconds=r.finished_at - t0,
+                logprobs=tuple(r.logprobs) if r.params.logprobs is not None else None,
             )
             for r in (rows[i] for i in range(len(requests)))
         ]
@@ -168,8 +175,8 @@ class OrtGenAIEngine(Engine):
             yield from _stream_batched(self, request)
             return
         for row, text in self._run([request]):
-            if text:
-                yield StreamChunk(text)
+            if text or row.last_logprob is not None:
+                yield StreamChunk(text, logprobs=(row.last_logprob,) if row.last_logprob is not None else ())
             if row.finish is not None:
                 yield StreamChunk(
                     "", finish_reason=row.finish, prompt_tokens=len(row.prompt), completion_tokens=row.completion_tokens
@@ -217,10 +224,13 @@ class OrtGenAIEngine(Engine):
             )
         decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
         max_new = min(request.params.max_tokens, room)
-        return _Row(
+        row = _Row(
             index, prompt, request.params, max_new, IncrementalDecoder(decode), StopMatcher(request.params.stop),
             adapter=adapter,
         )
+        if request.params.grammar is not None:
+            row.constraint = row_constraint(self, request.params.grammar, self.vocab_size)
+        return row
 
     def _run(self, requests: Sequence[GenerationRequest]) -> Iterator[tuple[_Row, str]]:
         rows = [self._new_row(i, r) for i, r in enumerate(requests)]  # validates every prompt first
@@ -252,6 +262,9 @@ class OrtGenAIEngine(Engine):
         self._activate(gen, rows[0].adapter)
         gen.append_tokens(tokens)
         active = list(range(len(rows)))
+        # structured output and logprobs read the step's logits; a grammar masks them per row
+        # (the runtime's own guidance takes one grammar per generator, not one per row)
+        hooks = any(r.constraint is not None or r.params.logprobs is not None for r in rows)
         while active:
             if gen.is_done():  # the runtime's length limit: whoever is left ran out of room
                 for slot in active:
@@ -259,11 +272,24 @@ class OrtGenAIEngine(Engine):
                     rows[slot].pieces.append(tail)
                     yield rows[slot], tail
                 return
+            raw = None
+            if hooks:
+                raw = np.array(gen.get_logits(), dtype=np.float32).reshape(len(rows), -1)
+                pairs = [(s, rows[s].constraint) for s in active if rows[s].constraint is not None]
+                if pairs:
+                    masked = raw.copy()
+                    mask_numpy(masked, pairs)
+                    gen.set_logits(masked)
             gen.generate_next_token()
             next_tokens = gen.get_next_tokens()
             for slot in list(active):
                 row = rows[slot]
-                text = self._advance(row, int(next_tokens[slot]))
+                token = int(next_tokens[slot])
+                row.last_logprob = None
+                if raw is not None and row.params.logprobs is not None and token not in self.eos_ids:
+                    row.last_logprob = _logprob(raw[slot], token, row.params.logprobs)
+                    row.logprobs.append(row.last_logprob)
+                text = self._advance(row, token)
                 if row.finish is not None:
                     active.remove(slot)
                 yield row, text
@@ -274,8 +300,10 @@ class OrtGenAIEngine(Engine):
         if token in self.eos_ids:
             text = self._finish(row, "stop")
         else:
+            if row.constraint is not None:
+                row.constraint.consume(token)
             text = row.stops.feed(row.decoder.push(token))
-            if row.stops.stopped:
+            if row.stops.stopped or (row.constraint is not None and row.constraint.done):
                 text += self._finish(row, "stop")
             elif row.completion_tokens >= row.max_new:
                 text += self._finish(row, "length")
@@ -287,3 +315,14 @@ class OrtGenAIEngine(Engine):
         """Mark the row finished; returns the held-back text it may still emit."""
         row.finish, row.finished_at = reason, time.perf_counter()
         return row.stops.flush()
+
+
+def _logprob(logits: np.ndarray, token: int, top: int) -> TokenLogprob:
+    x = logits.astype(np.float64)
+    x = x - x.max()
+    lp = x - np.log(np.exp(x).sum())
+    alts: tuple[tuple[int, float], ...] = ()
+    if top:
+        idx = np.argsort(-lp)[:top]
+        alts = tuple((int(i), float(lp[i])) for i in idx)
+    return TokenLogprob(token, float(lp[token]), alts)

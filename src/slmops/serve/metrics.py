@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
 import psutil
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -54,11 +55,15 @@ class ServeMetrics:
             registry=r,
         )
         self.prefix_bytes = Gauge("slmops_prefix_cache_bytes", "Memory held by the prefix cache.", LABELS, registry=r)
+        self.model_memory = Gauge(
+            "slmops_model_memory_bytes", "Weights and buffers of a loaded model in memory.", LABELS, registry=r
+        )
         self.loaded_models = Gauge("slmops_loaded_models", "Models loaded in memory.", registry=r)
         self.resident_memory = Gauge("slmops_resident_memory_bytes", "Resident memory of the server.", registry=r)
         proc = psutil.Process(os.getpid())
         self.resident_memory.set_function(lambda: proc.memory_info().rss)
         self._tps_window: dict[str, tuple[float, int]] = {}
+        self.listeners: list[Callable[..., None]] = []  # called with observe_request's arguments
 
     def observe_request(
         self,
@@ -72,6 +77,8 @@ class ServeMetrics:
         completion_tokens: int = 0,
     ) -> None:
         self.requests.labels(model, version, str(status)).inc()
+        for listener in self.listeners:  # e.g. the fleet agent's telemetry window
+            listener(model, version, status, seconds=seconds, ttft=ttft, completion_tokens=completion_tokens)
         if seconds is not None:
             self.latency.labels(model, version).observe(seconds)
         if ttft is not None:
@@ -81,9 +88,10 @@ class ServeMetrics:
         if completion_tokens:
             self.generated.labels(model, version).inc(completion_tokens)
 
-    def watch(self, worker: Worker) -> None:
+    def watch(self, worker: Worker, memory_bytes: int = 0) -> None:
         """Keep a worker's queue depth, batch size and throughput gauges current."""
         labels = split_version(worker.name)
+        self.model_memory.labels(*labels).set(memory_bytes)
         depth, size, tps = (g.labels(*labels) for g in (self.queue_depth, self.batch_size, self.tokens_per_second))
 
         def on_step(w: Worker) -> None:
@@ -100,7 +108,7 @@ class ServeMetrics:
         worker.stats.on_step = on_step
 
     def forget(self, key: str) -> None:
-        for g in (self.queue_depth, self.batch_size, self.tokens_per_second):
+        for g in (self.queue_depth, self.batch_size, self.tokens_per_second, self.model_memory):
             g.labels(*split_version(key)).set(0)
 
     def render(self, workers: list[Worker]) -> bytes:
