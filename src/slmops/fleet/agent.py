@@ -434,6 +434,10 @@ class Agent:
             if d is not None:
                 self.reconcile(d)
 
+    def request_stop(self) -> None:
+        """Make :meth:`run_forever` return (safe from a signal handler)."""
+        self._stop.set()
+
     def stop(self) -> None:
         self._stop.set()
         with self._cond:
