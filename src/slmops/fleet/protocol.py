@@ -139,6 +139,7 @@ class ReportedState(_Message):
     slmops_version: str = ""
     free_disk_bytes: int | None = None
     port: int | None = None
+    report_interval_s: float | None = None  # how often telemetry comes (the roll-out bake must be longer)
     updated_at: float = Field(default_factory=time.time)
 
 
