@@ -218,7 +218,7 @@ def edge_cases(model: str, long_words: int = 50_000) -> list[tuple[str, str, byt
         ("unknown model", "/v1/chat/completions", body("Hello").replace(model.encode(), b"no-such-model-0x1f", 1)),
         ("huge max_tokens", "/v1/chat/completions", body("Hello", max_tokens=10**9)),
         ("negative temperature", "/v1/chat/completions", body("Hello", temperature=-1)),
-        ("empty text prompt", "/v1/completions", json.dumps({"model": model, "prompt": "", "max_tokens": 8}).encode()),
+        ("empty messages", "/v1/chat/completions", json.dumps({"model": model, "messages": []}).encode()),
     ]
 
 

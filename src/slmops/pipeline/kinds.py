@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from slmops.pipeline.gate import parse_check
+from slmops.checks import parse_check
 
 Problems = list[tuple[tuple[Any, ...], str]]
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from slmops.checks import evaluate_check
 from slmops.errors import CheckFailed, SlmopsError
 from slmops.models.refs import validate_name
 from slmops.models.store import ModelStore
 from slmops.pipeline.cache import pipelines_dir, step_key
-from slmops.pipeline.gate import evaluate_check
 from slmops.pipeline.kinds import (
     DeploySettings,
     DistillSettings,
