@@ -269,7 +269,9 @@ class Controller:
             why = (f"no value for {', '.join(r.missing)} (no telemetry from the wave or the baseline); "
                    "failing safe" if r.missing else "")
             group = "" if r.group == "wave" else f" on devices with {r.group}"
-            self._fail(rec, f"{label}: gate failed{group}: {r.evaluated}" + (f" ({why})" if why else ""), now)
+            also = [x.group for x in failed[1:]]
+            more = f"; also failed on {', '.join(also)}" if also else ""
+            self._fail(rec, f"{label}: gate failed{group}: {r.evaluated}" + (f" ({why})" if why else "") + more, now)
             return
         rec.event(f"{label}: gate passed: {results[0].evaluated}", now)
         if rec.wave + 1 >= len(rec.cuts):

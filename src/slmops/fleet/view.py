@@ -91,7 +91,8 @@ class FleetView:
         return dv
 
     def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
-        self._last_msg = time.monotonic()
+        if retained:  # live telemetry never stops; the retained burst after subscribing does
+            self._last_msg = time.monotonic()
         try:
             _, device_id, leaf = protocol.split_topic(topic)
             now = time.time()
