@@ -116,6 +116,9 @@ def start_mosquitto(
         "log_type notice",
         "max_queued_messages 10000",
     ]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        # as root Mosquitto drops to the `mosquitto` user, who cannot read files made by this one
+        lines.append("user root")
     if password_file:
         lines.append(f"password_file {Path(password_file).resolve()}")
     if acl_file:
