@@ -13,32 +13,21 @@ from pathlib import Path
 from typing import Any
 
 from slmops.errors import SlmopsError
-from slmops.fleet import mqtt, oci, services
+from slmops.fleet import addresses, mqtt, oci
 from slmops.fleet.rollout import plan, run_controller
 from slmops.fleet.rollstore import TERMINAL, LeaseHeld, RolloutRecord, RolloutStore, Target
 from slmops.fleet.view import DeviceView, FleetView, snapshot
 from slmops.models.store import ModelStore
 
 
-# -- where the broker and the registry are ---------------------------------------------------
+# -- where the broker and the registry are (one rule for every fleet command) ----------------
 def find_broker(explicit: str | None, home: Path) -> mqtt.Broker:
     """``--broker``, else ``$SLMOPS_BROKER``, else what ``slmops fleet up`` recorded."""
-    url = explicit or os.environ.get("SLMOPS_BROKER")
-    if not url:
-        recorded = services.read_recorded(home).get("broker")
-        url = recorded.url if recorded else None
-    if not url:
-        raise SlmopsError("no MQTT broker given.",
-                          hint="Pass --broker mqtt://HOST:PORT, set SLMOPS_BROKER, or run `slmops fleet up`.")
-    return mqtt.parse_broker(url)
+    return addresses.broker(explicit, home=home)
 
 
 def find_registry(explicit: str | None, home: Path) -> str | None:
-    url = explicit or os.environ.get("SLMOPS_REGISTRY")
-    if not url:
-        recorded = services.read_recorded(home).get("registry")
-        url = recorded.url if recorded else None
-    return url.removeprefix("oci://").rstrip("/") if url else None
+    return addresses.registry(explicit, home=home)
 
 
 # -- the model ------------------------------------------------------------------------------
