@@ -43,6 +43,9 @@ class ServeMetrics:
         )
         self.queue_depth = Gauge("slmops_queue_depth", "Requests waiting to join the batch.", LABELS, registry=r)
         self.batch_size = Gauge("slmops_batch_size", "Requests in the running batch.", LABELS, registry=r)
+        self.model_memory = Gauge(
+            "slmops_model_memory_bytes", "Weights and buffers of a loaded model in memory.", LABELS, registry=r
+        )
         self.loaded_models = Gauge("slmops_loaded_models", "Models loaded in memory.", registry=r)
         self.resident_memory = Gauge("slmops_resident_memory_bytes", "Resident memory of the server.", registry=r)
         proc = psutil.Process(os.getpid())
@@ -73,9 +76,10 @@ class ServeMetrics:
         if completion_tokens:
             self.generated.labels(model, version).inc(completion_tokens)
 
-    def watch(self, worker: Worker) -> None:
+    def watch(self, worker: Worker, memory_bytes: int = 0) -> None:
         """Keep a worker's queue depth, batch size and throughput gauges current."""
         labels = split_version(worker.name)
+        self.model_memory.labels(*labels).set(memory_bytes)
         depth, size, tps = (g.labels(*labels) for g in (self.queue_depth, self.batch_size, self.tokens_per_second))
 
         def on_step(w: Worker) -> None:
@@ -92,7 +96,7 @@ class ServeMetrics:
         worker.stats.on_step = on_step
 
     def forget(self, key: str) -> None:
-        for g in (self.queue_depth, self.batch_size, self.tokens_per_second):
+        for g in (self.queue_depth, self.batch_size, self.tokens_per_second, self.model_memory):
             g.labels(*split_version(key)).set(0)
 
     def render(self, workers: list[Worker]) -> bytes:

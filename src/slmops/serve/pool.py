@@ -153,7 +153,7 @@ class ModelPool:
             worker = Worker(
                 engine, name=key, max_batch_size=self.config.max_batch_size, max_queue=self.config.max_queue
             )
-            self.metrics.watch(worker)
+            self.metrics.watch(worker, size)
             context = getattr(engine, "context_length", None)
             loaded = Loaded(key, engine, worker, size, model_defaults(engine), context, time.monotonic())
             with self._guard:
