@@ -40,14 +40,15 @@ def resolve_target(model: str, *, store: ModelStore, registry: str | None, serve
         art = oci.resolve(oci.Client(ref.registry), ref, trust=trust)
         return Target(reference=str(art.reference), digest=art.digest, format=str(art.config.get("format")),
                       served_name=served_name, source=model)
-    rec = store.get(model)  # ModelNotFoundError names the fix
+    from slmops.fleet.publish import publish
+
+    store.get(model)  # ModelNotFoundError names the fix before the registry is asked
     if not registry:
         raise SlmopsError(f"{model} is a store model; pushing it needs a registry.",
                           hint="Pass --registry HOST:PORT, set SLMOPS_REGISTRY, or start one with `slmops fleet up`.")
-    dest = oci.parse_oci(f"oci://{registry}/{rec.name.lower()}:v{rec.version}")
-    pushed = oci.push(store, rec.ref, dest, progress=progress)
-    return Target(reference=str(pushed.reference), digest=pushed.digest, format=rec.format,
-                  served_name=served_name, source=rec.ref)
+    pub = publish(store, model, registry=registry)  # the same repository `fleet assign` pushes to
+    return Target(reference=pub.reference, digest=pub.digest, format=pub.format, served_name=served_name,
+                  source=model)
 
 
 def served_name_of(devices: dict[str, DeviceView], fleet: str) -> str:
