@@ -65,11 +65,19 @@ def _render(rec: RolloutRecord) -> Table:
 def _watch(home: Path, rollout_id: str, until_done: bool = True) -> RolloutRecord:
     rstore = RolloutStore(home)
     rec = rstore.load(rollout_id)
+    orphan_since: float | None = None
     with Live(_render(rec), console=err_console, refresh_per_second=2, transient=False) as live:
         while not rec.done and not (rec.status == "paused" and until_done):
             time.sleep(0.5)
             rec = rstore.load(rollout_id)
             live.update(_render(rec))
+            if rstore.lease_holder(rec.fleet) is None and not rec.done and rec.status != "paused":
+                orphan_since = orphan_since or time.monotonic()
+                if time.monotonic() - orphan_since > 30:
+                    raise SlmopsError(f"roll-out {rec.id} has no running controller (see "
+                                      f"{rstore.dir / (rec.id + '.log')}).", hint=f"`slmops rollout resume {rec.id}`.")
+            else:
+                orphan_since = None
     return rec
 
 

@@ -217,7 +217,7 @@ class Controller:
             st = dv.state if dv else None
             if st and st.active and st.active.digest == digest:
                 continue
-            if dv is None or dv.online is False:
+            if dv is not None and dv.online is False:
                 unavailable[d] = "offline"
             elif st and st.status == "failed" and st.desired_digest == digest:
                 unavailable[d] = f"failed: {st.reason or 'no reason given'}"
