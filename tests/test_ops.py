@@ -120,3 +120,37 @@ def test_validate_cli_soaks_its_own_server_and_exits_1_on_failure(slmops_bin, se
                  "--min-score", "0", "--regex", "ZZZ", "--long-input-words", "40")  # fmt: skip
     assert bad.returncode == 1
     assert "output_format" in bad.stdout and "FAILED" in bad.stdout
+
+
+# -- latency by input length: judged against a linear cost -------------------------------------
+def _point(words: int, tokens: int, ms: float, n: int = 6, spikes: int = 0):
+    from slmops.ops.validate import LengthPoint
+
+    ttft = [ms] * (n - spikes) + [ms * 5 + 200] * spikes
+    return LengthPoint(words, tokens, ttft, [t + 50 for t in ttft])
+
+
+def test_latency_growing_linearly_with_the_input_passes():
+    """The demo's healthy int4 student: 58 ms for 2 words, 605 ms for 300 (10x, linear prefill)."""
+    from slmops.ops.validate import judge_latency
+
+    per_token = (605 - 58) / 390
+    points = [_point(w, t, 58 + per_token * (t - 4)) for w, t in ((2, 4), (75, 98), (150, 195), (300, 390))]
+    check = judge_latency(points, 2.0)
+    assert check.status == "pass", check
+    assert check.figure.startswith("1.00x linear") and "1.40 ms/token" in check.figure
+    assert "time to first token" in check.detail and "prompt tokens" in check.detail
+
+
+def test_super_linear_growth_and_outliers_fail():
+    from slmops.ops.validate import judge_latency
+
+    quadratic = [_point(w, t, 20 + 0.01 * t * t) for w, t in ((2, 4), (75, 100), (150, 200), (300, 800))]
+    check = judge_latency(quadratic, 2.0)
+    assert check.status == "fail" and check.detail.startswith("super-linear growth")
+    noisy = [_point(w, t, 20 + t, spikes=2) for w, t in ((2, 4), (75, 100), (150, 200), (300, 400))]
+    check = judge_latency(noisy, 2.0)
+    assert check.status == "fail" and check.detail.startswith("too many outliers") and "8/24 outliers" in check.detail
+    fast = [_point(w, t, 1 + t / 1000) for w, t in ((2, 4), (75, 100), (150, 200), (300, 400))]
+    fast[-1] = _point(300, 400, 9.0)  # 8x the line, but 8 ms: timer noise on a fast machine
+    assert judge_latency(fast, 2.0).status == "pass"

@@ -33,7 +33,7 @@ from slmops.cli import prune as prune_cmds
 from slmops.cli import rollout as rollout_cmds
 from slmops.cli import serve as serve_cmds
 from slmops.cli import ui as ui_cmds
-from slmops.cli.common import err_console, print_json
+from slmops.cli.common import err_console, print_json, reflow_app_help
 from slmops.errors import SlmopsError, error_json
 
 app = typer.Typer(
@@ -99,3 +99,7 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+# last, once every command is registered: help paragraphs on one line (no mid-sentence breaks)
+reflow_app_help(app)

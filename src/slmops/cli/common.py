@@ -3,7 +3,9 @@ JSON output, and the store/engine openers."""
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 from typing import Annotated, Any
 
 import typer
@@ -41,6 +43,36 @@ def config_option(model: type[BaseModel], field: str, *extra: str, **kw: Any) ->
     default = None if info.is_required() else info.get_default(call_default_factory=True)
     shown = f" [default: {default}]" if default not in (None, False, [], ()) else ""
     return typer.Option(*names, help=f"{info.description}{shown}", show_default=False, **kw)
+
+
+_KEEP_BREAK = re.compile(r"^(\s|[-*•] |\d+[.)] |Example: )")
+
+
+def reflow_help(doc: str | None) -> str | None:
+    """A docstring as help text: each paragraph on one line (the terminal wraps it to its width),
+    so ``--help`` shows no line break in mid-sentence; list items, indented lines and the
+    closing ``Example:`` keep their own lines."""
+    if not doc:
+        return doc
+    out: list[str] = []
+    for line in inspect.cleandoc(doc).splitlines():
+        if out and out[-1].strip() and line.strip() and not _KEEP_BREAK.match(line):
+            out[-1] = f"{out[-1].rstrip()} {line.strip()}"
+        else:
+            out.append(line.rstrip())
+    return "\n".join(out)
+
+
+def reflow_app_help(app: typer.Typer) -> None:
+    """Apply :func:`reflow_help` to every command of ``app`` and its sub-apps, once, at start-up."""
+    for info in app.registered_commands:
+        if info.callback is not None:
+            info.callback.__doc__ = reflow_help(info.callback.__doc__)
+        info.help = reflow_help(info.help)
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            group.typer_instance.info.help = reflow_help(group.typer_instance.info.help)
+            reflow_app_help(group.typer_instance)
 
 
 def open_store() -> ModelStore:

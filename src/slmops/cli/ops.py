@@ -106,7 +106,8 @@ def validate(
     long_input_words: Annotated[int, typer.Option(
         "--long-input-words", min=1, help="Words in the long input of the latency check.")] = 300,
     max_latency_ratio: Annotated[float, typer.Option(
-        "--max-latency-ratio", min=0.0, help="Most median latency of long inputs over short ones.")] = 4.0,
+        "--max-latency-ratio", min=0.0,
+        help="Most time to first token of the long input over the linear cost fitted on shorter ones.")] = 2.0,
     concurrency: Annotated[int, typer.Option(
         "--concurrency", min=1, help="Concurrent requests for the eval queries and the soak.")] = 4,
     model: ModelOpt = None,
@@ -117,9 +118,9 @@ def validate(
     """Run the deployment checklist against a model or server; exit code 1 when a check fails.
 
     Checks: task metric on the eval file (--min-score), output format (--regex or
-    --json-schema), edge cases and malformed requests answered without a 5xx, latency of long
-    inputs against short ones, and resident-memory growth over a soak (only when it serves the
-    store reference itself).
+    --json-schema), edge cases and malformed requests answered without a 5xx, time to first
+    token growing no faster than linearly with the input length, and resident-memory growth
+    over a soak (only when it serves the store reference itself).
 
     Example: slmops validate smollm2-135m-instruct --eval builtin:support-tickets --task classification --min-score 0.1
     """

@@ -28,8 +28,8 @@ from slmops.engines.base import Engine, GenerationParams, GenerationRequest, Gen
 from slmops.errors import DataError, SlmopsError
 from slmops.evaluate.builtin import resolve_data
 from slmops.evaluate.tasks import TASKS, infer_labels, parse_labels
+from slmops.files import file_sha256
 from slmops.models.store import ModelStore
-from slmops.train.lineage import file_sha256
 
 MAX_LISTED = 12
 
@@ -278,6 +278,9 @@ def _seeded(params: GenerationParams, key: str) -> GenerationParams:
 
 
 def _generate(engine: Engine, requests: list[GenerationRequest], journal: Journal, done: int) -> list:
+    # no per-request retry here: the batch is journaled as a whole, a hard failure stops with
+    # the finished batches saved (``--resume`` continues), and transient errors are retried
+    # inside the engine (RemoteEngine); see :mod:`slmops.engines.batched` for the other callers
     try:
         return engine.generate(requests)
     except SlmopsError as exc:

@@ -95,6 +95,7 @@ class Sample:
     gaps_s: tuple[float, ...] = ()  # between consecutive streamed pieces
     text: str = ""
     error: str | None = None
+    prompt_tokens: int | None = None  # from the response's usage, when the server reports it
 
 
 def chat_body(model: str, prompt: str, max_tokens: int, **extra: Any) -> dict[str, Any]:
@@ -109,6 +110,7 @@ async def stream_chat(client: httpx.AsyncClient, target: Target, body: dict[str,
     stamps: list[float] = []
     pieces: list[str] = []
     usage_tokens: int | None = None
+    prompt_tokens: int | None = None
     try:
         async with client.stream("POST", "/v1/chat/completions", json=body, headers=target.headers) as r:
             if r.status_code != 200:
@@ -122,6 +124,7 @@ async def stream_chat(client: httpx.AsyncClient, target: Target, body: dict[str,
                     return Sample(500, time.perf_counter() - t0, error=str(chunk["error"])[:200])
                 if chunk.get("usage"):
                     usage_tokens = chunk["usage"].get("completion_tokens")
+                    prompt_tokens = chunk["usage"].get("prompt_tokens")
                 for choice in chunk.get("choices") or ():
                     text = (choice.get("delta") or {}).get("content")
                     if text:
@@ -131,7 +134,8 @@ async def stream_chat(client: httpx.AsyncClient, target: Target, body: dict[str,
         return Sample(0, time.perf_counter() - t0, error=f"{type(exc).__name__}: {exc}")
     gaps = tuple(b - a for a, b in zip(stamps, stamps[1:], strict=False))
     return Sample(200, time.perf_counter() - t0, stamps[0] - t0 if stamps else None,
-                  usage_tokens if usage_tokens is not None else len(stamps), gaps, "".join(pieces))  # fmt: skip
+                  usage_tokens if usage_tokens is not None else len(stamps), gaps, "".join(pieces),
+                  prompt_tokens=prompt_tokens)  # fmt: skip
 
 
 def async_client(target: Target, concurrency: int, timeout_s: float) -> httpx.AsyncClient:

@@ -9,7 +9,8 @@ or a store reference served by a child process), then run each check and record 
 2. ``output_format``: those answers against ``regex`` (searched) or ``json_schema``;
 3. ``edge_cases``: empty, very long, unusual Unicode, control characters, prompt injection,
    malformed and mistyped bodies, all answered without a 5xx, and the server still answers;
-4. ``latency_by_input_length``: median latency of long inputs over short ones;
+4. ``latency_by_input_length``: time to first token at four input lengths against the linear
+   cost fitted on the shorter ones (super-linear growth and outliers fail; see :func:`judge_latency`);
 5. ``memory_soak``: resident-memory growth of the server over ``soak_requests`` requests
    after ``warmup`` (only measurable when we started the server; skipped for a URL).
 
@@ -69,7 +70,7 @@ class ValidateConfig:
     max_rss_growth_pct: float = 5.0
     latency_requests: int = 6
     long_input_words: int = 300
-    max_latency_ratio: float = 4.0
+    max_latency_ratio: float = 2.0  # longest input's time to first token / the linear cost fitted on shorter ones
     concurrency: int = 4
     model: str | None = None
     api_key: str | None = None
@@ -248,27 +249,88 @@ def _edge_cases(target: Target, config: ValidateConfig) -> CheckResult:
 
 def _latency_by_length(target: Target, config: ValidateConfig) -> CheckResult:
     words = LONG_SENTENCE.split()
-    long_text = " ".join(words[i % len(words)] for i in range(config.long_input_words))
+    lengths = sorted({len(SHORT_INPUT.split()), *(max(1, config.long_input_words * k // 4) for k in (1, 2, 4))})
     max_tokens = 16
 
-    def run(text: str) -> list[Sample]:
-        bodies = [chat_body(target.model, text, max_tokens) for _ in range(config.latency_requests)]
+    def text(n: int) -> str:
+        return SHORT_INPUT if n == len(SHORT_INPUT.split()) else " ".join(words[i % len(words)] for i in range(n))
+
+    def run(prompt: str) -> list[Sample]:
+        bodies = [chat_body(target.model, prompt, max_tokens) for _ in range(config.latency_requests)]
         return asyncio.run(run_clients(target, bodies, 1, config.timeout_s))[0]
 
     run(SHORT_INPUT)  # warm-up
-    short, long = run(SHORT_INPUT), run(long_text)
-    errors = [s for s in [*short, *long] if s.status != 200]
+    groups = [(n, run(text(n))) for n in lengths]
+    errors = [s for _, xs in groups for s in xs if s.status != 200]
     if errors:
         first = f"first: {errors[0].status} {errors[0].error}"
         return CheckResult("latency_by_input_length", "fail", f"{len(errors)} requests failed",
-                           f"<= {config.max_latency_ratio:g}x", first)  # fmt: skip
-    p50s = [percentile([1000 * s.latency_s for s in xs], 50) or 0.0 for xs in (short, long)]
-    ratio = p50s[1] / p50s[0] if p50s[0] > 0 else float("inf")
-    detail = (f"p50 {p50s[0]:.0f} ms for {len(SHORT_INPUT.split())} words, {p50s[1]:.0f} ms for "
-              f"{config.long_input_words} words; {config.latency_requests} requests each, "
-              f"max_tokens {max_tokens}")  # fmt: skip
-    return CheckResult("latency_by_input_length", "pass" if ratio <= config.max_latency_ratio else "fail",
-                       f"{ratio:.2f}x", f"<= {config.max_latency_ratio:g}x", detail)  # fmt: skip
+                           f"<= {config.max_latency_ratio:g}x linear", first)  # fmt: skip
+    points = [LengthPoint(n, _tokens(xs, n), [1000 * (s.ttft_s if s.ttft_s is not None else s.latency_s) for s in xs],
+                          [1000 * s.latency_s for s in xs]) for n, xs in groups]  # fmt: skip
+    return judge_latency(points, config.max_latency_ratio, max_tokens)
+
+
+@dataclass(frozen=True)
+class LengthPoint:
+    """The requests of one input length: its words, prompt tokens, and per request the time to
+    first token (prefill; the whole latency when nothing streamed) and the whole latency, in ms."""
+
+    words: int
+    tokens: float
+    ttft_ms: list[float]
+    latency_ms: list[float]
+
+    @property
+    def p50(self) -> float:
+        return percentile(self.ttft_ms, 50) or 0.0
+
+
+def _tokens(samples: list[Sample], words: int) -> float:
+    counts = [s.prompt_tokens for s in samples if s.prompt_tokens]
+    return float(sorted(counts)[len(counts) // 2]) if counts else float(words)
+
+
+def _line(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares ``(intercept, slope)``; a flat line through the mean when x does not vary."""
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
+    return my - slope * mx, slope
+
+
+OUTLIER_FACTOR = 3.0  # a request slower than 3x the median of its length (and 100 ms more) is an outlier
+SLACK_MS = 25.0  # below this excess over the linear cost, a ratio is timer noise, not growth
+
+
+def judge_latency(points: list[LengthPoint], max_ratio: float, max_tokens: int = 16) -> CheckResult:
+    """Prefill grows with the input on every CPU runtime, so the check is against a linear cost:
+    fit ``time to first token = a + b * prompt tokens`` on the shorter inputs and compare the
+    longest input with what that line predicts. It fails on super-linear growth (more than
+    ``max_ratio`` times the prediction, and more than 25 ms over it) or when over a quarter of
+    the requests are outliers (slower than 3x the median of their length)."""
+    *shorter, longest = sorted(points, key=lambda p: p.tokens)
+    a, b = _line([p.tokens for p in shorter], [p.p50 for p in shorter])
+    predicted = max(a + b * longest.tokens, max(p.p50 for p in shorter), 1e-3)
+    ratio = longest.p50 / predicted
+    outliers = [(p.words, t) for p in points for t in p.ttft_ms
+                if t > OUTLIER_FACTOR * p.p50 and t > p.p50 + 100]  # fmt: skip
+    requests = sum(len(p.ttft_ms) for p in points)
+    full_a, full_b = _line([p.tokens for p in points], [p.p50 for p in points])
+    superlinear = ratio > max_ratio and longest.p50 - predicted > SLACK_MS
+    too_noisy = len(outliers) > requests / 4
+    curve = ", ".join(f"{p.p50:.0f} ms at {p.tokens:.0f}" for p in points)
+    detail = (f"time to first token (p50) against prompt tokens: {curve}; fitted {full_a:.0f} ms + "
+              f"{full_b:.2f} ms/token; the {longest.words}-word input took {ratio:.2f}x the {predicted:.0f} ms "
+              f"the shorter inputs predict; {len(outliers)}/{requests} outliers (> {OUTLIER_FACTOR:g}x their "
+              f"length's median); whole-request p50 {percentile(shorter[0].latency_ms, 50) or 0:.0f} -> "
+              f"{percentile(longest.latency_ms, 50) or 0:.0f} ms, max_tokens {max_tokens}")  # fmt: skip
+    if superlinear:
+        detail = "super-linear growth: " + detail
+    elif too_noisy:
+        detail = "too many outliers: " + detail
+    return CheckResult("latency_by_input_length", "fail" if superlinear or too_noisy else "pass",
+                       f"{ratio:.2f}x linear, {full_b:.2f} ms/token", f"<= {max_ratio:g}x linear", detail)
 
 
 def memory_soak(target: Target, config: ValidateConfig) -> CheckResult:

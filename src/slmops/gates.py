@@ -1,4 +1,5 @@
-"""Quality gates: comparisons over step outputs, evaluated without ``eval``.
+"""Check expressions: comparisons over named numbers, evaluated without ``eval`` (pipeline gates,
+fleet roll-out gates).
 
 A check is a comparison whose sides are arithmetic over numbers and ``${steps...}``
 references, e.g. ``${steps.eval.student.accuracy} >= 0.92 * ${steps.eval.teacher.accuracy}``.
