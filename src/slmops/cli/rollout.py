@@ -26,10 +26,6 @@ BrokerOpt = Annotated[str | None, typer.Option(
 FleetOpt = Annotated[str, typer.Option("--fleet", help="Fleet name.")]
 
 
-class RolloutFailed(SlmopsError):
-    exit_code = 1
-
-
 def _home() -> Path:
     return open_store().home
 
@@ -87,7 +83,7 @@ def _outcome(rec: RolloutRecord, as_json: bool) -> None:
     else:
         console.print(_render(rec))
     if rec.status == "failed":
-        raise RolloutFailed(f"roll-out {rec.id} failed: {rec.reason}")
+        raise rollouts.RolloutFailed(rec)
 
 
 @app.command("start")

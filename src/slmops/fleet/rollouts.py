@@ -10,9 +10,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from slmops.errors import SlmopsError
+from pydantic import BaseModel, ConfigDict, Field
+
+from slmops.errors import CheckFailed, SlmopsError
 from slmops.fleet import addresses, mqtt, oci
 from slmops.fleet.rollout import plan, run_controller
 from slmops.fleet.rollstore import TERMINAL, LeaseHeld, RolloutRecord, RolloutStore, Target
@@ -215,3 +217,82 @@ def fleet_status(home: Path, broker: mqtt.Broker, fleet: str) -> dict[str, Any]:
         "rollouts": [r.summary() for r in running],
         "last_rollout": recs[-1].summary() if recs and recs[-1].done else None,
     }
+
+
+# -- one config for `rollout start` and the pipeline's `rollout` step -----------------------------
+class RolloutConfig(BaseModel):
+    """The keys of ``slmops rollout start`` (a pipeline ``rollout`` step takes the same)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fleet: str = Field(description="Fleet name.")
+    model: str = Field(description="Store reference (pushed first) or oci://HOST/REPO:TAG|@sha256:...")
+    gate: str = Field(description="Gate: the wave vs baseline.NAME, e.g. 'probe_score >= baseline.probe_score - 5'.")
+    waves: str = Field("1,10%,50%,100%", description="Cumulative wave sizes, counts or percentages, ending at 100%.")
+    bake: str | float = Field("120s", description="How long each wave bakes before its gate (120s, 2m).")
+    select: str | None = Field(None, description="Only devices with these labels: k=v,k2=v2.")
+    max_unavailable: str = Field("10%", description="Devices of a wave that may be offline/failed/late: N or P%.")
+    on_missing_data: Literal["fail", "continue"] = Field("fail", description="No telemetry: fail or continue.")
+    timeout: str | float = Field("300s", description="How long a wave's devices get to activate.")
+    per_label: bool = Field(True, description="Also hold the gate for every label value of the wave.")
+    report_interval: float | None = Field(None, description="Devices' telemetry interval if unreported.")
+    served_name: str | None = Field(None, description="Public model name on the devices.")
+    registry: str | None = Field(None, description="OCI registry HOST:PORT to push a store model to.")
+    broker: str | None = Field(None, description="MQTT broker mqtt://HOST:PORT.")
+
+
+class RolloutFailed(CheckFailed):
+    """The roll-out ran and its gate (or its availability budget) failed it; its devices went back."""
+
+    def __init__(self, rec: RolloutRecord) -> None:
+        super().__init__(f"roll-out {rec.id} failed: {rec.reason}",
+                         "Every device it touched is back on its previous version.")
+        self.record = rec
+
+
+def outputs(rec: RolloutRecord) -> dict[str, Any]:
+    """A roll-out as a pipeline step's outputs (and the run report's numbers)."""
+    last = rec.gates[-1] if rec.gates else {}
+    first = (last.get("results") or [{}])[0]
+    return {"rollout": rec.id, "status": rec.status, "fleet": rec.fleet, "digest": rec.target.digest,
+            "reference": rec.target.reference, "devices": len(rec.order), "touched": len(rec.touched),
+            "waves": len(rec.cuts), "waves_passed": sum(1 for g in rec.gates if g.get("passed")),
+            "reason": rec.reason, "last_gate": first.get("evaluated"),
+            "wave_values": last.get("wave_values"), "baseline_values": last.get("baseline_values")}
+
+
+def run(config: RolloutConfig, *, store: ModelStore, progress: Any = None) -> RolloutRecord:
+    """Start the roll-out and drive it in this process to its end (for the pipeline). A roll-out of
+    the same model on this fleet that is still under way (a killed pipeline) is resumed instead.
+    Raises :class:`RolloutFailed` when it failed."""
+    from slmops.fleet.rollout import parse_duration
+
+    broker = find_broker(config.broker, store.home)
+    rstore = RolloutStore(store.home)
+    same = [r for r in rstore.active(config.fleet) if r.target.source == config.model and r.status != "paused"]
+    if same:
+        rec = same[-1]
+        if progress:
+            progress(f"resuming roll-out {rec.id} of {config.model} on fleet {config.fleet}")
+    else:
+        rec = start(store=store, broker=broker, fleet=config.fleet, model=config.model, waves=config.waves,
+                    bake_s=parse_duration(config.bake), gate=config.gate, select=config.select,
+                    max_unavailable=config.max_unavailable, on_missing_data=config.on_missing_data,
+                    activate_timeout_s=parse_duration(config.timeout, "timeout"),
+                    report_interval_s=config.report_interval, per_label=config.per_label,
+                    registry=find_registry(config.registry, store.home), served_name=config.served_name,
+                    spawn=False, progress=progress)
+        if progress:
+            progress(f"roll-out {rec.id}: {len(rec.order)} device(s) in {len(rec.cuts)} wave(s) {rec.cuts}")
+    seen = [len(rec.events)]
+
+    def tell(r: RolloutRecord) -> None:
+        if progress:
+            for e in r.events[seen[0]:]:
+                progress(e["text"])
+        seen[0] = len(r.events)
+
+    rec = drive(store.home, rec.id, broker, on_tick=tell)
+    if rec.status == "failed":
+        raise RolloutFailed(rec)
+    return rec
