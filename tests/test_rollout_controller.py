@@ -274,3 +274,21 @@ def test_second_controller_is_refused_by_the_lease(tmp_path):
         store.acquire("f", "ro-2", "token-b")
     store.release("f", "token-a")
     store.acquire("f", "ro-2", "token-b")
+
+
+def test_abort_keeps_active_devices_and_reverts_the_rest(tmp_path):
+    from slmops.fleet import rollouts
+
+    clock = Clock()
+    fleet = FakeFleet(6, clock, offline={"d03"})
+    store, _ = _start(tmp_path, fleet, waves="100%", max_unavailable="2")
+    ctl = Controller(store, "ro-test", fleet, clock=clock)
+    ctl.tick()
+    fleet.advance()
+    assert fleet.desired["d03"].digest == NEW  # retained: an offline device would get it on return
+    rec = rollouts.abort(tmp_path, "ro-test", io=fleet)
+    assert rec.status == "aborted"
+    assert "5 device(s) keep the new version, 1 not on it yet go back" in rec.events[-1]["text"]
+    assert fleet.desired["d03"].digest == OLD and fleet.desired["d03"].generation == 5
+    assert {d for d, ds in fleet.desired.items() if ds.digest == NEW} == set(fleet.labels) - {"d03"}
+    assert ctl.tick().status == "aborted"  # the controller stops on its next tick

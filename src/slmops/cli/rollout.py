@@ -220,12 +220,24 @@ def resume_cmd(
 
 
 @app.command("abort")
-def abort_cmd(rollout_id: Annotated[str, typer.Argument(help="Roll-out id.")], as_json: JsonOpt = False) -> None:
-    """Stop a roll-out where it is: devices already on the new version keep it, nothing else changes.
+def abort_cmd(rollout_id: Annotated[str, typer.Argument(help="Roll-out id.")], broker: BrokerOpt = None,
+              as_json: JsonOpt = False) -> None:
+    """Stop a roll-out where it is: devices already on the new version keep it; touched devices
+    not on it yet (offline, downloading) go back to their previous version.
 
     Example: slmops rollout abort ro-20260101-120000-ab12
     """
-    rec = rollouts.abort(_home(), rollout_id)
+    from slmops.fleet.view import FleetView
+
+    home = _home()
+    rec = rollouts.find(home, rollout_id)
+    view = FleetView(rollouts.find_broker(broker, home), rec.fleet).start()
+    try:
+        if not view.wait_synced(timeout=10):
+            raise SlmopsError(f"cannot reach the MQTT broker at {view.broker.url}; nothing was changed.")
+        rec = rollouts.abort(home, rollout_id, io=view)
+    finally:
+        view.close()
     print_json(rec.summary()) if as_json else console.print(
         f"roll-out {rec.id} aborted; {len(rec.touched)} device(s) keep the new version.")
 

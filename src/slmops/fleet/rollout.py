@@ -116,6 +116,14 @@ def plan(fleet: str, target: Target, devices: dict[str, DeviceView], *, waves: s
     )
 
 
+def rollback_desired(rec: RolloutRecord, device: str, now: float) -> DesiredState | None:
+    """The desired state that puts ``device`` back where it was before the roll-out (None: it had none)."""
+    prev = rec.previous.get(device)
+    if prev is None:
+        return None
+    return DesiredState(**{**prev, "generation": rec.generation[device] + 1, "issued_at": now})
+
+
 # -- one step ---------------------------------------------------------------------------------
 class Controller:
     """Drives one roll-out record one step at a time (no threads, no sleeps: :meth:`tick`)."""
@@ -132,10 +140,7 @@ class Controller:
                             issued_at=self.clock())
 
     def _rollback_desired(self, rec: RolloutRecord, device: str) -> DesiredState | None:
-        prev = rec.previous.get(device)
-        if prev is None:
-            return None
-        return DesiredState(**{**prev, "generation": rec.generation[device] + 1, "issued_at": self.clock()})
+        return rollback_desired(rec, device, self.clock())
 
     @staticmethod
     def _holds(dv: DeviceView | None, want: DesiredState | None) -> bool:

@@ -169,12 +169,26 @@ def resume(home: Path, rollout_id: str, broker: mqtt.Broker, *, spawn: bool = Tr
     return rec
 
 
-def abort(home: Path, rollout_id: str) -> RolloutRecord:
+def abort(home: Path, rollout_id: str, io: Any = None) -> RolloutRecord:
+    """Stop where it is: devices already running the new version keep it; touched devices not on
+    it yet (offline, still downloading) get their previous desired state back through ``io`` (a
+    :class:`~slmops.fleet.view.FleetView`), so an aborted version reaches nobody new."""
+    from slmops.fleet.rollout import rollback_desired
+
     with RolloutStore(home).update(rollout_id) as rec:
         if rec.status in TERMINAL:
             raise SlmopsError(f"roll-out {rollout_id} has already ended ({rec.status}).")
-        rec.status, rec.phase, rec.finished_at = "aborted", "done", time.time()
-        rec.event(f"aborted: {len(rec.touched)} device(s) keep the new version, the rest keep theirs")
+        now = time.time()
+        back: dict[str, Any] = {}
+        if io is not None and rec.touched:
+            devices = io.devices()
+            back = {d: rollback_desired(rec, d, now) for d in rec.touched
+                    if (dv := devices.get(d)) is None or dv.active_digest != rec.target.digest}
+            if back:
+                io.publish_desired(back)
+        rec.status, rec.phase, rec.finished_at = "aborted", "done", now
+        rec.event(f"aborted: {len(rec.touched) - len(back)} device(s) keep the new version"
+                  + (f", {len(back)} not on it yet go back" if back else ""), now)
     return rec
 
 
