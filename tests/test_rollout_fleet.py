@@ -157,7 +157,9 @@ def test_cli_controller_killed_then_resumed_and_a_second_one_refused(tmp_path, m
         time.sleep(1.0)
         assert rstore.load(rid).updated_at == mid.updated_at  # nobody drives it now
         _cli(home, "rollout", "resume", rid, "--broker", mosquitto)
-        done = _wait(lambda: (r := rstore.load(rid)).done and r, timeout=90, what="the roll-out to end")
+        watched = json.loads(_cli(home, "rollout", "status", rid, "--watch", "--json").stdout)  # blocks to the end
+        done = rstore.load(rid)
+        assert watched["status"] == done.status and done.done
         assert done.status == "succeeded", done.reason
         assert [g["wave"] for g in done.gates] == [1, 2, 3]  # no wave redone or skipped
         status = json.loads(_cli(home, "fleet", "status", "--fleet", fleet, "--broker", mosquitto, "--json").stdout) \
