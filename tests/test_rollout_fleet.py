@@ -243,3 +243,18 @@ def test_broker_restart_mid_rollout_pauses_then_continues(tmp_path):
         sim.close()
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_fleet_simulate_and_fleet_status_commands(tmp_path, mosquitto):
+    fleet = "ro-simcli"
+    res = _cli(tmp_path, "fleet", "simulate", "--fleet", fleet, "--devices", "12", "--duration", "1.5",
+               "--labels", "zone=a|b,hw=x|y|z", "--fault", "offline:0.5", "--broker", mosquitto, "--json")
+    summary = json.loads(res.stdout)
+    assert summary["devices"] == 12 and 0 < summary["online"] < 12 and summary["published"] >= 36
+    status = json.loads(_cli(tmp_path, "fleet", "status", "--fleet", fleet, "--broker", mosquitto, "--json").stdout)
+    assert status["devices"] == 12 and status["offline"] == 12  # the simulator marks its devices offline on exit
+    assert list(status["versions"].values()) == [12] and status["rollouts"] == []
+    text = _cli(tmp_path, "fleet", "status", "--fleet", fleet, "--broker", mosquitto).stdout
+    assert "12 device(s)" in text and "12 offline" in text
+    bad = _cli(tmp_path, "fleet", "simulate", "--fleet", fleet, "--fault", "slow:2", "--broker", mosquitto, check=False)
+    assert bad.returncode == 2 and "unknown kind 'slow'" in bad.stderr

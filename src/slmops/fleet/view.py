@@ -38,7 +38,7 @@ class DeviceView:
 class FleetView:
     """Subscribe to one fleet's device topics; safe to read from another thread."""
 
-    def __init__(self, broker: mqtt.Broker, fleet: str, *, keep_windows: int = 500_000,
+    def __init__(self, broker: mqtt.Broker, fleet: str, *, keep_windows: int = 200_000,
                  client_id: str | None = None) -> None:
         self.broker = broker
         self.fleet = protocol.check_name("fleet", fleet)
