@@ -131,6 +131,7 @@ class Controller:
     def __init__(self, store: RolloutStore, rollout_id: str, io: FleetIO,
                  clock: Callable[[], float] = time.time) -> None:
         self.store, self.id, self.io, self.clock = store, rollout_id, io, clock
+        self.started = clock()  # telemetry is only seen from here on
 
     # the published desired states ------------------------------------------------------------
     def _new_desired(self, rec: RolloutRecord, device: str) -> DesiredState:
@@ -191,6 +192,15 @@ class Controller:
         devices = self.io.devices()
         wave = rec.wave_devices()
         label = f"wave {rec.wave + 1}/{len(rec.cuts)}"
+        if rec.phase == "assign" and rec.wave == 0 and rec.last_baseline is None:
+            # the old version's window before anything changes: the baseline once none are left on it
+            if now - self.started < 1.5 * rec.report_interval_s:
+                return
+            before = [w for w in self.io.windows_since(now - max(rec.bake_s, 2 * rec.report_interval_s))
+                      if w.device_id in rec.labels and w.digest != rec.target.digest]
+            rec.last_baseline = aggregate(before) if before else {}
+            rec.event(f"baseline before the roll-out: {len(before)} window(s) from "
+                      f"{len({w.device_id for w in before})} device(s)", now)
         if rec.phase == "assign":
             for d in wave:  # the intent: recorded before anything is published
                 if d not in rec.previous:
@@ -254,7 +264,7 @@ class Controller:
         base_ws = [w for w in windows
                    if w.device_id in rec.labels and w.device_id not in touched and w.digest != digest]
         wave_agg = aggregate(wave_ws)
-        base_agg = aggregate(base_ws) if base_ws else rec.last_baseline
+        base_agg = aggregate(base_ws) if base_ws else (rec.last_baseline or None)
         if base_ws:
             rec.last_baseline = base_agg
         results = [evaluate_gate(rec.gate, wave_agg, base_agg, "wave")]
