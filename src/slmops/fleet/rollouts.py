@@ -89,11 +89,30 @@ def start(*, store: ModelStore, broker: mqtt.Broker, fleet: str, model: str, wav
               f"in {len(rec.cuts)} wave(s) {[n for n in rec.cuts]}")
     rstore.create(rec)
     if spawn:
-        spawn_controller(store.home, rec.id, broker)
+        proc = spawn_controller(store.home, rec.id, broker)
+        wait_under_way(store.home, rec, proc)
     return rec
 
 
-def spawn_controller(home: Path, rollout_id: str, broker: mqtt.Broker) -> int:
+def wait_under_way(home: Path, rec: RolloutRecord, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Return once the controller holds the fleet's lease; its log's tail when it died first."""
+    rstore = RolloutStore(home)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        held = rstore.lease_holder(rec.fleet)
+        if held and held.get("rollout") == rec.id:
+            return
+        if proc.poll() is not None:
+            if rstore.load(rec.id).done:
+                return  # it ran to the end already
+            log = rstore.dir / f"{rec.id}.log"
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+            raise SlmopsError(f"the controller of roll-out {rec.id} stopped at once (exit code {proc.returncode}): "
+                              + (" | ".join(tail) or "no output"), hint=f"See {log}; `slmops rollout resume {rec.id}`.")
+        time.sleep(0.1)
+
+
+def spawn_controller(home: Path, rollout_id: str, broker: mqtt.Broker) -> subprocess.Popen:
     """Start ``slmops rollout resume ID --foreground`` as its own detached process; its output goes
     to ``fleet/rollouts/ID.log``. The broker password travels in the environment, never in argv."""
     rstore = RolloutStore(home)
@@ -110,7 +129,7 @@ def spawn_controller(home: Path, rollout_id: str, broker: mqtt.Broker) -> int:
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )
     log.close()
-    return proc.pid
+    return proc
 
 
 def drive(home: Path, rollout_id: str, broker: mqtt.Broker, *, tick_s: float = 0.5, stop: Any = None,
@@ -165,7 +184,7 @@ def resume(home: Path, rollout_id: str, broker: mqtt.Broker, *, spawn: bool = Tr
             if rec.phase == "activate":
                 rec.phase_started_at = time.time()
     if spawn and not rstore.lease_holder(rec.fleet):
-        spawn_controller(home, rollout_id, broker)
+        wait_under_way(home, rec, spawn_controller(home, rollout_id, broker))
     return rec
 
 
@@ -203,7 +222,7 @@ def rollback(home: Path, rollout_id: str, broker: mqtt.Broker, *, spawn: bool = 
         Controller.start_rollback(rec, "rolled_back", time.time())
         rec.event(f"rollback asked: {len(rec.touched)} device(s) go back")
     if spawn and not rstore.lease_holder(rec.fleet):
-        spawn_controller(home, rollout_id, broker)
+        wait_under_way(home, rec, spawn_controller(home, rollout_id, broker))
     return rec
 
 
