@@ -95,3 +95,6 @@ def openai_schema():
         jsonschema.validate(obj, {**doc, "$ref": f"#/$defs/{root}"})
 
     return validate
+
+
+from tests.fleet_services import mosquitto, mosquitto_service, registry, registry_service  # noqa: E402,F401

@@ -25,6 +25,7 @@ from slmops.cli import ops as ops_cmds
 from slmops.cli import optimize as optimize_cmds
 from slmops.cli import pipeline as pipeline_cmds
 from slmops.cli import prune as prune_cmds
+from slmops.cli import rollout as rollout_cmds
 from slmops.cli import serve as serve_cmds
 from slmops.cli import ui as ui_cmds
 from slmops.cli.common import err_console
@@ -54,6 +55,7 @@ app.command("bench")(ops_cmds.bench)
 app.command("validate")(ops_cmds.validate)
 app.add_typer(data_cmds.app, name="data")
 app.add_typer(distill_cmds.app, name="distill")
+app.add_typer(rollout_cmds.app, name="rollout")
 
 
 def _version(value: bool) -> None:

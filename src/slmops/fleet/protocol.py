@@ -139,6 +139,7 @@ class ReportedState(_Message):
     slmops_version: str = ""
     free_disk_bytes: int | None = None
     port: int | None = None
+    report_interval_s: float | None = None  # how often telemetry comes (the roll-out bake must be longer)
     updated_at: float = Field(default_factory=time.time)
 
 
@@ -188,7 +189,5 @@ def parse(kind: type[_Message], topic: str, payload: bytes) -> Any:
     try:
         return kind.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()[:5]
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()[:5])
         raise ProtocolError(f"malformed {kind.__name__} on {topic}: {problems}.") from None

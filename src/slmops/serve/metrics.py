@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
 import psutil
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -50,6 +51,7 @@ class ServeMetrics:
         proc = psutil.Process(os.getpid())
         self.resident_memory.set_function(lambda: proc.memory_info().rss)
         self._tps_window: dict[str, tuple[float, int]] = {}
+        self.listeners: list[Callable[..., None]] = []  # called with observe_request's arguments
 
     def observe_request(
         self,
@@ -63,6 +65,8 @@ class ServeMetrics:
         completion_tokens: int = 0,
     ) -> None:
         self.requests.labels(model, version, str(status)).inc()
+        for listener in self.listeners:  # e.g. the fleet agent's telemetry window
+            listener(model, version, status, seconds=seconds, ttft=ttft, completion_tokens=completion_tokens)
         if seconds is not None:
             self.latency.labels(model, version).observe(seconds)
         if ttft is not None:

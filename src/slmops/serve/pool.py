@@ -202,6 +202,36 @@ class ModelPool:
         m.engine.close()
         self.metrics.forget(m.key)
 
+    # -- hot swap (the fleet agent) ---------------------------------------------------------
+    def prepare(self, ref: str) -> Loaded:
+        """Load (and keep loaded) a store model beside whatever serves now, without routing to it."""
+        return self._load(self.resolve(ref))
+
+    def switch(self, name: str, ref: str) -> list[str]:
+        """Route the public ``name`` to ``ref`` (load it first with :meth:`prepare`). Requests
+        already running keep their engine; new ones go to ``ref``. Returns the keys ``name``
+        routed to before, for :meth:`retire`."""
+        key = self.resolve(ref)
+        before = [self.resolve(r) for r in self.router.snapshot().get(name, {})] if name in self.router else []
+        self.router.set(name, {key: 1.0})
+        return [k for k in before if k != key]
+
+    def retire(self, key: str, *, grace_s: float = 1.0, timeout_s: float = 120.0) -> bool:
+        """Unload ``key`` once no request is queued or running on it (after ``grace_s``, so a
+        request routed just before a :meth:`switch` still finds it). False if it was not loaded."""
+        time.sleep(grace_s)
+        deadline = time.monotonic() + timeout_s
+        with self._guard:
+            m = self._loaded.get(key)
+        if m is None:
+            return False
+        while m.worker.busy and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with self._guard:
+            self._loaded.pop(key, None)
+        self.unload(m)
+        return True
+
     # -- views -------------------------------------------------------------------------------
     def loaded(self) -> list[Loaded]:
         with self._guard:
