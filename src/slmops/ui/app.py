@@ -146,10 +146,28 @@ def create_ui_app(store: ModelStore, config: UIConfig | None = None) -> FastAPI:
     async def models_table(request: Request, q: str = "", format: str = "") -> HTMLResponse:
         return page(request, "models_rows.html", records=model_rows(q, format), headline=views.headline_metrics)
 
+    async def deployments() -> dict[str, list[lineage_graph.Node]]:
+        """Where store versions run: watched servers that have them loaded, and fleet roll-outs."""
+        out: dict[str, list[lineage_graph.Node]] = {}
+        for mon in monitors:
+            for key in await mon.loaded():
+                out.setdefault(key, []).append(lineage_graph.Node(
+                    f"serve:{mon.url}", "deployment", mon.url.split("://", 1)[-1], "served", "/serving"))
+        try:
+            records = fleet.rollouts()
+        except (SlmopsError, OSError):
+            records = []
+        for r in records:
+            if r.target.source:
+                out.setdefault(r.target.source, []).append(lineage_graph.Node(
+                    f"rollout:{r.id}", "deployment", f"fleet {r.fleet}", f"roll-out {r.status}",
+                    f"/fleet/rollouts/{quote(r.id)}"))
+        return out
+
     @app.get("/models/{name}/{version}")
     async def model_page(request: Request, name: str, version: str) -> HTMLResponse:
         rec = store.get(name if version == "latest" else f"{name}:{version}")
-        graph = lineage_graph.build_graph(store, rec.ref)
+        graph = lineage_graph.build_graph(store, rec.ref, await deployments())
         return page(request, "model.html", rec=rec, graph_svg=lineage_graph.render_svg(graph), graph=graph,
                     nodes=lineage(store, rec.ref),
                     children=views.children(store, rec), versions=store.versions(rec.name),
