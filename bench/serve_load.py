@@ -1,7 +1,7 @@
 """Benchmark: the server under load, against the engine it wraps, in one run (issue 6 targets).
 
 SmolLM2-135M-Instruct, greedy, fixed prompts. The server is a child ``slmops serve`` process
-(started through :func:`slmops.serve.target.open_target`, as ``slmops bench`` does), so its
+(started through :func:`slmops.ops.target.open_target`, as ``slmops bench`` does), so its
 resident memory is its own; the HTTP clients run in this process.
 
 1. single stream: the engine's own ``stream()`` in this process vs one streaming HTTP request
@@ -35,11 +35,11 @@ from typing import Any
 import httpx
 
 from slmops.engines import GenerationParams, GenerationRequest, open_engine
-from slmops.evaluate.validate import ValidateConfig, edge_cases, memory_soak
 from slmops.models.pull import pull
 from slmops.models.store import ModelStore
-from slmops.serve.loadtest import PROMPTS, async_client, chat_body, run_clients, stream_chat
-from slmops.serve.target import ServerOptions, Target, open_target
+from slmops.ops.loadtest import PROMPTS, async_client, chat_body, run_clients, stream_chat
+from slmops.ops.target import ServerOptions, Target, open_target
+from slmops.ops.validate import ValidateConfig, edge_cases, memory_soak
 
 MODEL = "smollm2-135m-instruct"
 INVALID = ("malformed JSON", "wrong types", "unknown model", "huge max_tokens", "negative temperature")

@@ -82,14 +82,13 @@ def serve_store(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
 
 @pytest.fixture(scope="session")
 def openai_schema():
-    """Validate a payload against a root of the shared OpenAI schemas: ``openai_schema(obj, "ErrorResponse")``."""
+    """Validate a payload against a root of the OpenAI schemas kept in ``tests/schemas/`` (see its
+    README for their source and licence): ``openai_schema(obj, "ErrorResponse")``."""
     import json
 
-    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is not installed (pip install -e '.[dev]')")
-    path = Path(__file__).resolve().parent.parent.parent / "shared" / "openai" / "openai_schemas.json"
-    if not path.exists():
-        pytest.skip(f"OpenAI schemas not found at {path} (the shared/ folder beside the repository)")
-    doc = json.loads(path.read_text())
+    import jsonschema
+
+    doc = json.loads((Path(__file__).resolve().parent / "schemas" / "openai_schemas.json").read_text())
 
     def validate(obj, root: str) -> None:
         jsonschema.validate(obj, {**doc, "$ref": f"#/$defs/{root}"})

@@ -43,7 +43,7 @@ def test_csv_records(tmp_path: Path):
         {"prompt": "Hello, world", "label": "greeting"},
         {"prompt": "Bye", "label": "farewell"},
     ]
-    assert read_located(path)[1][0] == f"{path}, record 2"
+    assert read_located(path)[1][0] == f"{path}, line 3"  # CSV rows are named by the line they start on
 
 
 def test_suffix_is_case_insensitive(tmp_path: Path):
@@ -142,13 +142,23 @@ def test_an_existing_system_message_is_kept():
     assert req.messages == (Message("system", "S"), Message("user", "U"))
 
 
-@pytest.mark.parametrize("rec", [{"id": 1}, {"prompt": ""}, {"prompt": "   "}, {"prompt": 3}, {"text": "hi"}])
-def test_missing_prompt_field_names_the_line(tmp_path: Path, rec: dict):
+@pytest.mark.parametrize(
+    ("rec", "problem"),
+    [
+        ({"id": 1}, "missing 'prompt' field (keys: id)"),
+        ({"text": "hi"}, "missing 'prompt' field (keys: text)"),
+        ({"prompt": ""}, "'prompt' is empty"),
+        ({"prompt": "   "}, "'prompt' is empty"),
+        ({"prompt": 3}, "'prompt' must be a string, not int"),
+        ({"prompt": ["a"]}, "'prompt' must be a string, not list"),
+        ({"prompt": None}, "'prompt' must be a string, not null"),
+    ],
+)
+def test_a_bad_prompt_field_names_the_line(tmp_path: Path, rec: dict, problem: str):
     path = write(tmp_path / "p.jsonl", '{"prompt": "fine"}\n' + json.dumps(rec) + "\n")
-    with pytest.raises(DataError, match=r"line 2: missing or empty 'prompt' field") as info:
+    with pytest.raises(DataError) as info:
         read_prompt_file(path, PARAMS)
-    assert str(path) in str(info.value)
-    assert "keys: " + ", ".join(rec) in str(info.value)
+    assert f"{path}, line 2: {problem}." in str(info.value)
 
 
 def test_custom_input_field():

@@ -7,13 +7,13 @@ import re
 
 import pytest
 
+from slmops.data.formats import load_schema
 from slmops.distill.filters import (
     Checks,
     Verdict,
     apply_vote,
     check_output,
     dedup_key,
-    load_schema,
     majority,
     repetition_loop,
 )

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from slmops.engines import GenerationParams, GenerationRequest, open_engine
+from slmops.engines.onnx_manifest import read_manifest
 from slmops.errors import EngineError, SlmopsError
 from slmops.models.artifacts import import_model
 from slmops.optimize import optimize
-from slmops.optimize.onnx_adapters import adapter_params, read_manifest
+from slmops.optimize.onnx_adapters import adapter_params
 
 
 def _lora(base_dir: Path, out: Path, seed: int, r: int, modules: list[str]) -> Path:

@@ -202,8 +202,14 @@ def test_params_precedence_is_user_then_model_default_then_openai_default():
     assert text.to_params(ModelDefaults(), cap=8).max_tokens == 8
 
 
-def test_an_empty_prompt_is_a_400_not_a_5xx(client):
+def test_an_empty_prompt_starts_from_bos_and_empty_ids_are_a_400(client):
+    # completions are not templated: an empty prompt is the BOS token alone (a base model's unconditional text)
     for stream in (False, True):
         r = client.post("/v1/completions", json={"model": "tiny", "prompt": "", "max_tokens": 4, "stream": stream})
-        assert r.status_code == 400 and r.json()["error"]["code"] == "empty_prompt"
-    assert client.post("/v1/completions", json={"model": "tiny", "prompt": "Hi", "max_tokens": 2}).status_code == 200
+        assert r.status_code == 200, r.text
+    body = client.post("/v1/completions", json={"model": "tiny", "prompt": "", "max_tokens": 2}).json()
+    assert body["usage"]["prompt_tokens"] == 1
+    r = client.post("/v1/completions", json={"model": "tiny", "prompt": [[]], "max_tokens": 2})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "empty_prompt"
+    r = client.post("/v1/completions", json={"model": "tiny", "prompt": [10**6], "max_tokens": 2})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"

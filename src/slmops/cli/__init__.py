@@ -1,8 +1,10 @@
 """The ``slmops`` command line: a thin layer over the library.
 
 Each command parses its flags, calls one library function and renders the result. Every
-:class:`~slmops.errors.SlmopsError` becomes one line on stderr and exit code 2 (the full
-traceback only with ``--debug``).
+:class:`~slmops.errors.SlmopsError` becomes one line on stderr (the full traceback only with
+``--debug``) and the error's exit code: 0 success, 1 a check that ran and failed (gate,
+``optimize --strict``, ``validate``), 2 a usage or input error. With ``--json`` the error is
+also printed on stdout as ``{"error": {"message", "hint", "exit_code", "type"}}``.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from slmops.cli import prune as prune_cmds
 from slmops.cli import rollout as rollout_cmds
 from slmops.cli import serve as serve_cmds
 from slmops.cli import ui as ui_cmds
-from slmops.cli.common import err_console
-from slmops.errors import SlmopsError
+from slmops.cli.common import err_console, print_json
+from slmops.errors import SlmopsError, error_json
 
 app = typer.Typer(
     name="slmops",
@@ -77,13 +79,15 @@ def _root(
 
 def main() -> None:
     """Console-script entry point: usage errors are typer's (exit 2); library errors become
-    one line on stderr with exit code 2."""
+    one line on stderr (plus a JSON object on stdout under ``--json``) with their exit code."""
     try:
         app()
     except SlmopsError as exc:
         if os.environ.get("SLMOPS_DEBUG"):
             traceback.print_exc()
         err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        if "--json" in sys.argv[1:]:
+            print_json(error_json(exc))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -1,6 +1,6 @@
 """``slmops bench`` and ``slmops validate``: load-test a server and run the deployment checklist
-(thin layers over :func:`slmops.serve.loadtest.run_bench` and
-:func:`slmops.evaluate.validate.run_validate`)."""
+(thin layers over :func:`slmops.ops.loadtest.run_bench` and
+:func:`slmops.ops.validate.run_validate`)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def bench(
 
     Example: slmops bench smollm2-135m-instruct --concurrency 1,4 --max-tokens 32 --output bench-out
     """
-    from slmops.serve.loadtest import BenchConfig, parse_levels, run_bench
+    from slmops.ops.loadtest import BenchConfig, parse_levels, run_bench
 
     config = BenchConfig(
         target=target, concurrency=parse_levels(concurrency), requests_per_client=requests_per_client,
@@ -124,7 +124,7 @@ def validate(
     Example: slmops validate smollm2-135m-instruct --eval builtin:support-tickets --task classification --min-score 0.1
     """
     from slmops.evaluate.tasks import parse_labels
-    from slmops.evaluate.validate import ValidateConfig, run_validate
+    from slmops.ops.validate import ValidateConfig, run_validate
 
     config = ValidateConfig(
         target=target, eval=eval_file, task=task, min_score=min_score, labels=parse_labels(labels),

@@ -42,7 +42,7 @@ def optimize(
     max_ppl_increase: Annotated[
         float | None, typer.Option("--max-ppl-increase", help="Flag the result if perplexity rises more (percent).")
     ] = None,
-    strict: Annotated[bool, typer.Option("--strict", help="Refuse to register a flagged result (exit 2).")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse to register a flagged result (exits 1).")] = False,
     ppl_text: Annotated[
         Path | None, typer.Option("--ppl-text", help="Held-out text file for perplexity (default: built-in text).")
     ] = None,

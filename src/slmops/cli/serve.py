@@ -45,13 +45,15 @@ def serve(
         typer.Option("--canary", help="Split a public name across versions: NAME=REF:WEIGHT,REF:WEIGHT (repeatable)."),
     ] = None,
     threads: ThreadsOpt = None,
+    docs: Annotated[bool, typer.Option("--docs/--no-docs", help="Serve /openapi.json and the /docs page.")] = True,
 ) -> None:
     """Serve models behind an OpenAI-compatible API (chat and text completions, streaming, /metrics).
 
     The 'model' field of a request routes to store models: name, name:version, name@alias or
     base+adapter; models load on first use. --canary splits one public name across versions
     (sticky per 'user'; the x-slmops-model-version header says which served; PUT /admin/routes/NAME
-    re-weights it at run time, with the API key).
+    re-weights it at run time, with the API key). /openapi.json describes the API and /docs is an
+    interactive page for it (served offline; --no-docs turns both off).
 
     Example: slmops serve smollm2-135m-instruct --port 8000
     """
@@ -72,6 +74,7 @@ def serve(
         request_log=request_log,
         threads=threads,
         routes=dict(parse_route(spec) for spec in canary or ()),
+        docs=docs,
     )
     app = create_app(open_store(), config)
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from slmops.data.fields import message_problems, text_field_problem, type_name
 from slmops.data.records import read_located
 from slmops.errors import DataError
 
 IGNORE = -100
-ROLES = ("system", "user", "assistant")
 Truncation = Literal["drop", "truncate", "error"]
 MAX_LISTED = 12
 
@@ -92,7 +92,7 @@ class TextTemplate:
             if f not in rec:
                 out.append(f"template field {f!r} is missing (keys: {', '.join(rec) or 'none'})")
             elif not isinstance(rec[f], str | int | float) or isinstance(rec[f], bool):
-                out.append(f"field {f!r} must be text or a number, not {type(rec[f]).__name__}")
+                out.append(f"field {f!r} must be text or a number, not {type_name(rec[f])}")
         return out
 
     def pieces(self, rec: dict[str, Any]) -> list[Piece]:
@@ -128,24 +128,14 @@ def _chat_pieces(tokenizer: Any, messages: list[dict[str, str]]) -> list[Piece]:
 
 
 def _message_problems(msgs: Any) -> list[str]:
-    if not isinstance(msgs, list) or not msgs:
-        return ["'messages' must be a non-empty list"]
-    out = [
-        f"messages[{j}] must be an object with a role ({'/'.join(ROLES)}) and string content"
-        for j, m in enumerate(msgs)
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str)
-    ]
+    out = message_problems(msgs)
     if not out and not any(m["role"] == "assistant" for m in msgs):
         out.append("'messages' has no assistant turn to learn from")
     return out
 
 
 def _pair_problems(rec: dict[str, Any]) -> list[str]:
-    return [
-        f"{k!r} must be a string, not {type(rec[k]).__name__}"
-        for k in ("prompt", "completion")
-        if not isinstance(rec[k], str)
-    ]
+    return [p for k in ("prompt", "completion") if (p := text_field_problem(rec, k, allow_empty=True))]
 
 
 @dataclass(frozen=True)

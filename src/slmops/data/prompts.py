@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from slmops.data.fields import message_problems, text_field_problem
 from slmops.data.records import read_located
 from slmops.engines.base import GenerationParams, GenerationRequest, Message
 from slmops.errors import DataError
-
-ROLES = ("system", "user", "assistant")
 
 
 def record_to_request(
@@ -23,26 +22,19 @@ def record_to_request(
 ) -> GenerationRequest:
     """``where`` names the record for error messages (``file, line N``)."""
     if "messages" in rec:
-        msgs = rec["messages"]
-        if not isinstance(msgs, list) or not msgs:
-            raise DataError(f"{where}: 'messages' must be a non-empty list.", 'Use [{"role": "user", ...}].')
-        out = []
-        for j, m in enumerate(msgs):
-            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-                raise DataError(
-                    f"{where}: messages[{j}] must be an object with a role ({'/'.join(ROLES)}) and string content.",
-                    'Example: {"role": "user", "content": "Hi"}.',
-                )
-            out.append(Message(m["role"], m["content"]))
+        problems = message_problems(rec["messages"])
+        if problems:
+            raise DataError(f"{where}: {problems[0]}.", 'Example: [{"role": "user", "content": "Hi"}].')
+        out = [Message(m["role"], m["content"]) for m in rec["messages"]]
         if system and out[0].role != "system":
             out.insert(0, Message("system", system))
         return GenerationRequest(messages=tuple(out), params=params)
-    text = rec.get(input_field)
-    if not isinstance(text, str) or not text.strip():
+    problem = text_field_problem(rec, input_field)
+    if problem:
         raise DataError(
-            f"{where}: missing or empty {input_field!r} field (keys: {', '.join(rec) or 'none'}).",
-            f"Give each record a non-empty {input_field!r} string or a 'messages' list.",
+            f"{where}: {problem}.", f"Give each record a non-empty {input_field!r} string or a 'messages' list."
         )
+    text = rec[input_field]
     if raw:
         return GenerationRequest(prompt=text, params=params)
     return GenerationRequest.chat(text, params, system=system)

@@ -13,16 +13,14 @@ already accepted).
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from slmops.data.formats import json_problem
 from slmops.distill.recipes import digest, format_number
-from slmops.errors import SlmopsError
 from slmops.evaluate.metrics import extract_number, label_key, normalize_answer, normalize_label
 
 REASONS = (
@@ -39,7 +37,6 @@ REASONS = (
     "duplicate",
 )
 VOTE_REASONS = ("no_agreement", "vote_disagreement", "duplicate")  # the sample itself passed every check
-_FENCE = re.compile(r"^```[a-zA-Z]*\s*\n(.*)\n```$", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -63,30 +60,6 @@ class Verdict:
     @property
     def ok(self) -> bool:
         return self.reason is None
-
-
-def compile_regex(pattern: str | None) -> re.Pattern[str] | None:
-    if pattern is None:
-        return None
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise SlmopsError(f"--regex {pattern!r} is not a valid regular expression: {exc}.") from exc
-
-
-def load_schema(path: Path | None) -> dict[str, Any] | None:
-    if path is None:
-        return None
-    import jsonschema
-
-    try:
-        schema = json.loads(path.read_text(encoding="utf-8"))
-        jsonschema.validators.validator_for(schema).check_schema(schema)
-    except (OSError, ValueError) as exc:
-        raise SlmopsError(f"--json-schema {path} is not a readable JSON file: {exc}.") from exc
-    except jsonschema.SchemaError as exc:
-        raise SlmopsError(f"--json-schema {path} is not a valid JSON Schema: {exc.message}.") from exc
-    return schema
 
 
 def _short(text: str, limit: int = 60) -> str:
@@ -126,21 +99,6 @@ def repetition_loop(text: str, *, min_repeats: int = 3, min_words: int = 12, min
     return None
 
 
-def _json_problem(text: str, schema: dict[str, Any]) -> str | None:
-    import jsonschema
-
-    fenced = _FENCE.match(text)
-    try:
-        value = json.loads(fenced.group(1) if fenced else text)
-    except ValueError as exc:
-        return f"not JSON ({exc})"
-    error = jsonschema.exceptions.best_match(jsonschema.validators.validator_for(schema)(schema).iter_errors(value))
-    if error is None:
-        return None
-    where = "/".join(map(str, error.absolute_path)) or "(root)"
-    return f"{where}: {error.message}"
-
-
 def labels_named(text: str, labels: Sequence[str]) -> list[str]:
     """The labels that appear as whole words in ``text`` (case and punctuation ignored)."""
     padded = f" {label_key(text)} "
@@ -159,7 +117,7 @@ def check_output(text: str, finish_reason: str, checks: Checks) -> Verdict:
         return Verdict(stripped, None, "repetition", f"repeats {_short(loop)!r}")
     if checks.regex is not None and not checks.regex.search(stripped):
         return Verdict(stripped, None, "regex_mismatch", _short(stripped))
-    if checks.json_schema is not None and (problem := _json_problem(stripped, checks.json_schema)):
+    if checks.json_schema is not None and (problem := json_problem(stripped, checks.json_schema)):
         return Verdict(stripped, None, "json_schema", _short(problem, 200))
     if checks.labels:
         label = normalize_label(stripped, checks.labels)

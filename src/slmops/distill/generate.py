@@ -17,9 +17,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from slmops.data.formats import compile_regex, load_schema
 from slmops.data.records import read_located, write_jsonl_atomic
 from slmops.distill.config import GenerateConfig
-from slmops.distill.filters import Checks, Verdict, apply_vote, check_output, compile_regex, dedup_key, load_schema
+from slmops.distill.filters import Checks, Verdict, apply_vote, check_output, dedup_key
 from slmops.distill.journal import Journal, check_saved_recipe, side_path
 from slmops.distill.recipes import LABEL_TASKS, Prompter, canonical, digest, load_recipe
 from slmops.engines import open_engine

@@ -26,13 +26,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from slmops.engines.base import FinishReason, GenerationParams, GenerationRequest
+from slmops.engines.base import FinishReason, GenerationParams, GenerationRequest, TokenLogprob
+from slmops.engines.grammar import RowConstraint, mask_torch, row_constraint
 from slmops.engines.text import IncrementalDecoder, StopMatcher
 from slmops.errors import EngineError
 
 if TYPE_CHECKING:
     from slmops.engines.base import Engine, StreamChunk
-    from slmops.engines.torch_engine import TorchEngine
+    from slmops.engines.decoder import Decoder
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class BatchEvent:
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()  # the token of this step, when the request asked
 
 
 @dataclass
@@ -60,6 +62,7 @@ class _Row:
     completion_tokens: int = 0
     last_token: int = -1
     adapter: str | None = None
+    constraint: RowConstraint | None = None  # the row's grammar (structured output)
 
     def advance(self, token: int, eos_ids: set[int]) -> str:
         """Feed one sampled token; returns the text this row may emit now."""
@@ -68,18 +71,22 @@ class _Row:
         if token in eos_ids:
             self.finish = "stop"
             return self.stops.flush()
+        if self.constraint is not None:
+            self.constraint.consume(token)
         text = self.stops.feed(self.decoder.push(token))
-        if self.stops.stopped:
+        if self.stops.stopped or (self.constraint is not None and self.constraint.done):
             self.finish = "stop"
+            text += self.stops.flush()
         elif self.completion_tokens >= self.max_new:
             self.finish = "length"
             text += self.stops.flush()
         return text
 
-    def event(self, text: str) -> BatchEvent:
+    def event(self, text: str, logprob: TokenLogprob | None = None) -> BatchEvent:
+        lps = (logprob,) if logprob is not None else ()
         if self.finish is None:
-            return BatchEvent(self.id, text)
-        return BatchEvent(self.id, text, self.finish, len(self.prompt), self.completion_tokens)
+            return BatchEvent(self.id, text, logprobs=lps)
+        return BatchEvent(self.id, text, self.finish, len(self.prompt), self.completion_tokens, lps)
 
 
 def sample(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
@@ -100,6 +107,45 @@ def sample(logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
     return out
 
 
+def choose(logits: torch.Tensor, rows: list[_Row], eos_ids: set[int]) -> list[BatchEvent]:
+    """One step's decision for every row (the shared tail of a decode step): mask each
+    constrained row's logits to its grammar, sample, record log-probabilities (of the raw
+    distribution) for rows that asked, and advance the rows."""
+    raw = logits
+    constrained = [(s, r.constraint) for s, r in enumerate(rows) if r.constraint is not None]
+    if constrained:
+        logits = logits.float().clone()
+        mask_torch(logits, constrained)
+    chosen = sample(logits, rows).tolist()
+    lps = token_logprobs(raw, chosen, [r.params.logprobs for r in rows], eos_ids)
+    return [row.event(row.advance(t, eos_ids), lp) for row, t, lp in zip(rows, chosen, lps, strict=True)]
+
+
+def attach_constraint(row: _Row, engine: Any) -> None:
+    """Give a new row its grammar matcher when its request has one (engines with a HF tokenizer)."""
+    if row.params.grammar is not None:
+        vocab = getattr(engine, "vocab_size", None) or len(engine.tokenizer)
+        row.constraint = row_constraint(engine, row.params.grammar, vocab)
+
+
+def token_logprobs(
+    logits: torch.Tensor, tokens: list[int], wanted: list[int | None], eos_ids: set[int]
+) -> list[TokenLogprob | None]:
+    """Each row's chosen-token log-probability (raw model distribution) and its top
+    ``wanted[slot]`` alternatives; ``None`` for rows that did not ask, or that ended (EOS)."""
+    out: list[TokenLogprob | None] = [None] * len(tokens)
+    slots = [s for s, w in enumerate(wanted) if w is not None and tokens[s] not in eos_ids]
+    if not slots:
+        return out
+    lp = torch.log_softmax(logits[slots].float(), dim=-1)
+    for i, s in enumerate(slots):
+        k = wanted[s] or 0
+        top = lp[i].topk(k) if k else None
+        alts = tuple(zip(top.indices.tolist(), top.values.tolist(), strict=True)) if top is not None else ()
+        out[s] = TokenLogprob(tokens[s], float(lp[i, tokens[s]]), alts)
+    return out
+
+
 def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     missing = width - t.shape[dim]
     if missing <= 0:
@@ -116,9 +162,9 @@ def _mergeable(cache: Any) -> bool:
 
 
 class DecodeBatch:
-    """A running batch of a :class:`TorchEngine`; used from one thread at a time."""
+    """A running batch of a :class:`TorchEngine` (any :class:`Decoder`); used from one thread at a time."""
 
-    def __init__(self, engine: TorchEngine) -> None:
+    def __init__(self, engine: Decoder) -> None:
         self.engine = engine
         self._rows: list[_Row] = []  # in cache order
         self._pending: list[_Row] = []
@@ -155,6 +201,7 @@ class DecodeBatch:
         rid, self._next_id = self._next_id, self._next_id + 1
         row = _Row(rid, prompt, params, min(params.max_tokens, room), decoder, StopMatcher(params.stop), gen)
         row.adapter = request.adapter
+        attach_constraint(row, self.engine)
         self._pending.append(row)
         return rid
 
@@ -174,9 +221,7 @@ class DecodeBatch:
             logits = torch.cat([logits, self._prefill(newcomers)]) if logits is not None else self._prefill(newcomers)
         if logits is None:
             return []
-        tokens = sample(logits, self._rows)
-        eos = self.engine.eos_ids
-        events = [row.event(row.advance(int(t), eos)) for row, t in zip(self._rows, tokens.tolist(), strict=True)]
+        events = choose(logits, self._rows, self.engine.eos_ids)
         self._keep([s for s, r in enumerate(self._rows) if r.finish is None])
         return events
 
@@ -283,9 +328,44 @@ class StreamBatch:
                 del self._streams[rid]
                 chunk = chunk or _final_chunk()
             events.append(
-                BatchEvent(rid, chunk.text, chunk.finish_reason, chunk.prompt_tokens, chunk.completion_tokens)
+                BatchEvent(
+                    rid, chunk.text, chunk.finish_reason, chunk.prompt_tokens, chunk.completion_tokens, chunk.logprobs
+                )
             )
         return events
+
+
+class SerialBatch(StreamBatch):
+    """The step interface over an engine that holds one sequence (llama.cpp): requests decode
+    one after another, in arrival order; each step takes one chunk from the current one."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self._queue: dict[int, tuple[GenerationRequest, int]] = {}
+        self._current: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._queue) + len(self._streams)
+
+    @property
+    def running(self) -> int:
+        return len(self._streams)
+
+    def add(self, request: GenerationRequest, prompt_ids: list[int] | None = None) -> int:
+        rid, self._next_id = self._next_id, self._next_id + 1
+        self._queue[rid] = (request, len(prompt_ids or ()))
+        return rid
+
+    def cancel(self, rid: int) -> None:
+        self._queue.pop(rid, None)
+        super().cancel(rid)
+
+    def step(self) -> list[BatchEvent]:
+        if not self._streams and self._queue:
+            rid = next(iter(self._queue))
+            request, n = self._queue.pop(rid)
+            self._streams[rid] = (iter(self.engine.stream(request)), n)
+        return super().step()
 
 
 def _final_chunk() -> StreamChunk:

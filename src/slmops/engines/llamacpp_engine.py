@@ -4,12 +4,19 @@ the shared incremental decoder and stop matcher; a row ends at the end-of-genera
 the template's end-of-turn token. llama.cpp holds one sequence at a time here, so a batch
 runs request by request (each seeded request reseeds, so seeds reproduce alone or in a batch).
 
+One ``Llama`` context is one sequence: requests never share it. A generation holds the engine's
+lock from its first token to its last (a stream until it ends or is closed), so concurrent callers
+on other threads wait their turn; the server's scheduler runs the engine through a
+:class:`~slmops.engines.batching.SerialBatch` (one request decodes, the others queue), never two
+interleaved streams.
+
 Select it for GGUF models with ``SLMOPS_GGUF_ENGINE=llamacpp`` (the torch engine is the default).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,6 +29,7 @@ from slmops.engines.base import (
     GenerationResult,
     StreamChunk,
 )
+from slmops.engines.batching import SerialBatch
 from slmops.engines.text import IncrementalDecoder, StopMatcher
 from slmops.errors import EngineError, InvalidModelError
 
@@ -44,6 +52,8 @@ class LlamaCppEngine(Engine):
             self.llm = Llama(str(gguf_path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
         except (ValueError, RuntimeError) as exc:
             raise InvalidModelError(f"llama.cpp could not load {gguf_path} ({exc}).", "Re-export the GGUF.") from exc
+        self._lock = threading.Lock()
+        self._owner: int | None = None  # the thread generating now
         meta: dict[str, Any] = self.llm.metadata
         self.chat_template = meta.get("tokenizer.chat_template")
         self.context_length = self.llm.n_ctx()
@@ -79,6 +89,10 @@ class LlamaCppEngine(Engine):
     def count_tokens(self, request: GenerationRequest) -> int:
         return len(self.prompt_ids(request))
 
+    def new_batch(self) -> SerialBatch:
+        """The scheduler's batch: requests decode one after another on the one context."""
+        return SerialBatch(self)
+
     # -- public API ------------------------------------------------------------------------
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         t0 = time.perf_counter()
@@ -109,6 +123,19 @@ class LlamaCppEngine(Engine):
                 f"The prompt has {len(prompt)} tokens but the context window is {self.context_length}.",
                 "Shorten the prompt.",
             )
+        if self._owner == threading.get_ident():
+            raise EngineError(
+                "This llama.cpp engine is already generating on this thread (one context, one sequence).",
+                "Finish or close the other stream first, or open a second engine.",
+            )
+        with self._lock:
+            self._owner = threading.get_ident()
+            try:
+                yield from self._decode_locked(p, prompt, room)
+            finally:
+                self._owner = None
+
+    def _decode_locked(self, p: Any, prompt: list[int], room: int) -> Iterator[StreamChunk]:
         max_new = min(p.max_tokens, room)
         decoder = IncrementalDecoder(lambda ids: self.llm.detokenize(list(ids)).decode("utf-8", errors="replace"))
         stops = StopMatcher(p.stop)
@@ -132,5 +159,6 @@ class LlamaCppEngine(Engine):
         yield StreamChunk("", finish_reason=reason, prompt_tokens=len(prompt), completion_tokens=count)
 
     def close(self) -> None:
-        if hasattr(self.llm, "close"):
-            self.llm.close()
+        with self._lock:
+            if hasattr(self.llm, "close"):
+                self.llm.close()

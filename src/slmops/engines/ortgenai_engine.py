@@ -33,9 +33,14 @@ from slmops.engines.base import (
     GenerationRequest,
     GenerationResult,
     StreamChunk,
+    TokenLogprob,
 )
+from slmops.engines.batching import StreamBatch
+from slmops.engines.grammar import RowConstraint, mask_numpy, row_constraint
+from slmops.engines.ort_batching import DecoderGraph, OrtDecodeBatch
+from slmops.engines.prefix_cache import PrefixCache
 from slmops.engines.text import IncrementalDecoder, StopMatcher
-from slmops.engines.torch_engine import TorchEngine
+from slmops.engines.torch_engine import TorchEngine, _generate_batched, _stream_batched
 from slmops.errors import EngineError, InvalidModelError
 
 
@@ -52,6 +57,9 @@ class _Row:
     finish: FinishReason | None = None
     finished_at: float = 0.0
     adapter: str | None = None
+    constraint: RowConstraint | None = None  # the row's grammar (structured output)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    last_logprob: TokenLogprob | None = None
 
 
 def _load_og() -> Any:
@@ -80,17 +88,16 @@ class OrtGenAIEngine(Engine):
         genai = json.loads(cfg_path.read_text(encoding="utf-8"))["model"]
         config = og.Config(str(path))
         config.clear_providers()  # CPU; a CUDA build keeps its provider only when the runtime has one
+        self._cuda = False
         for provider in genai["decoder"]["session_options"].get("provider_options", []):
             for name in provider:
                 if name == "cuda" and os.environ.get("SLMOPS_ORT_CUDA"):
                     config.append_provider(name)
+                    self._cuda = True
         if threads:
             overlay = {"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}
             config.overlay(json.dumps(overlay))
-        try:
-            self._og, self.og_model = og, og.Model(config)
-        except Exception as exc:  # onnxruntime raises RuntimeError/OrtException for a bad file
-            raise InvalidModelError(f"Could not load the ONNX model at {path} ({exc}).", "Rebuild it.") from exc
+        self._og, self._config, self._og_model = og, config, None
         self.path = path
         self.tokenizer = load_tokenizer(path)
         eos = genai.get("eos_token_id")
@@ -98,11 +105,36 @@ class OrtGenAIEngine(Engine):
         pad = genai.get("pad_token_id")
         self.pad_id = int(pad if pad is not None else min(self.eos_ids, default=0))
         self.context_length = int(genai.get("context_length") or 1 << 30)
+        self.vocab_size = int(genai.get("vocab_size") or len(self.tokenizer))
         self.max_batch_size = max_batch_size
         self.adapters, self.default_adapter, self._og_adapters = self._load_adapters(path)
+        # continuous batching and prefix caching on the decoder graph (see ort_batching); models
+        # with adapters, or graphs it does not know, run on the runtime's generator instead
+        self.graph = None if self.adapters or self._cuda else DecoderGraph.open(path, threads=threads)
+        self.prefix_cache = PrefixCache() if self.graph is not None else None
+        if self.graph is None:
+            _ = self.og_model  # load now: a bad file fails at open, not at the first request
+
+    @property
+    def og_model(self) -> Any:
+        """The runtime's model, loaded on first use (only the generator path needs it)."""
+        if self._og_model is None:
+            try:
+                self._og_model = self._og.Model(self._config)
+            except Exception as exc:  # onnxruntime raises RuntimeError/OrtException for a bad file
+                msg = f"Could not load the ONNX model at {self.path} ({exc})."
+                raise InvalidModelError(msg, "Rebuild it.") from exc
+        return self._og_model
+
+    def new_batch(self) -> OrtDecodeBatch | StreamBatch:
+        """A step-level batch requests join and leave between steps (continuous batching); the
+        runtime's per-request streams, taking turns, for models the decoder batcher cannot drive."""
+        if self.graph is None:
+            return StreamBatch(self)
+        return OrtDecodeBatch(self, self.graph, self.prefix_cache)
 
     def _load_adapters(self, path: Path) -> tuple[tuple[str, ...], str | None, Any]:
-        from slmops.optimize.onnx_adapters import read_manifest
+        from slmops.engines.onnx_manifest import read_manifest
 
         manifest = read_manifest(path)
         if not manifest:
@@ -120,6 +152,8 @@ class OrtGenAIEngine(Engine):
 
     # -- public API ------------------------------------------------------------------------
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        if self.graph is not None:
+            return _generate_batched(self, requests)
         t0 = time.perf_counter()
         rows: dict[int, _Row] = {}
         for row, _text in self._run(requests):
@@ -131,14 +165,18 @@ class OrtGenAIEngine(Engine):
                 completion_tokens=r.completion_tokens,
                 finish_reason=r.finish or "length",
                 seconds=r.finished_at - t0,
+                logprobs=tuple(r.logprobs) if r.params.logprobs is not None else None,
             )
             for r in (rows[i] for i in range(len(requests)))
         ]
 
     def stream(self, request: GenerationRequest) -> Iterator[StreamChunk]:
+        if self.graph is not None:
+            yield from _stream_batched(self, request)
+            return
         for row, text in self._run([request]):
-            if text:
-                yield StreamChunk(text)
+            if text or row.last_logprob is not None:
+                yield StreamChunk(text, logprobs=(row.last_logprob,) if row.last_logprob is not None else ())
             if row.finish is not None:
                 yield StreamChunk(
                     "", finish_reason=row.finish, prompt_tokens=len(row.prompt), completion_tokens=row.completion_tokens
@@ -146,6 +184,10 @@ class OrtGenAIEngine(Engine):
 
     def logits(self, ids: Sequence[int], adapter: str | None = None) -> np.ndarray:
         """Logits for every position of one token sequence (``[len(ids), vocab]``), for scoring."""
+        if self.graph is not None and adapter is None and self.default_adapter is None:
+            g = self.graph
+            bufs = [np.zeros((1, g.kv_heads, len(ids), g.head_size), dtype=g.kv_dtype) for _ in g.past]
+            return np.asarray(g.run(np.asarray([ids]), [len(ids)], bufs)[0], dtype=np.float32)
         params = self._og.GeneratorParams(self.og_model)
         params.set_search_options(max_length=min(len(ids) + 1, self.context_length), batch_size=1)
         gen = self._og.Generator(self.og_model, params)
@@ -182,10 +224,13 @@ class OrtGenAIEngine(Engine):
             )
         decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
         max_new = min(request.params.max_tokens, room)
-        return _Row(
+        row = _Row(
             index, prompt, request.params, max_new, IncrementalDecoder(decode), StopMatcher(request.params.stop),
             adapter=adapter,
         )
+        if request.params.grammar is not None:
+            row.constraint = row_constraint(self, request.params.grammar, self.vocab_size)
+        return row
 
     def _run(self, requests: Sequence[GenerationRequest]) -> Iterator[tuple[_Row, str]]:
         rows = [self._new_row(i, r) for i, r in enumerate(requests)]  # validates every prompt first
@@ -217,6 +262,9 @@ class OrtGenAIEngine(Engine):
         self._activate(gen, rows[0].adapter)
         gen.append_tokens(tokens)
         active = list(range(len(rows)))
+        # structured output and logprobs read the step's logits; a grammar masks them per row
+        # (the runtime's own guidance takes one grammar per generator, not one per row)
+        hooks = any(r.constraint is not None or r.params.logprobs is not None for r in rows)
         while active:
             if gen.is_done():  # the runtime's length limit: whoever is left ran out of room
                 for slot in active:
@@ -224,11 +272,24 @@ class OrtGenAIEngine(Engine):
                     rows[slot].pieces.append(tail)
                     yield rows[slot], tail
                 return
+            raw = None
+            if hooks:
+                raw = np.array(gen.get_logits(), dtype=np.float32).reshape(len(rows), -1)
+                pairs = [(s, rows[s].constraint) for s in active if rows[s].constraint is not None]
+                if pairs:
+                    masked = raw.copy()
+                    mask_numpy(masked, pairs)
+                    gen.set_logits(masked)
             gen.generate_next_token()
             next_tokens = gen.get_next_tokens()
             for slot in list(active):
                 row = rows[slot]
-                text = self._advance(row, int(next_tokens[slot]))
+                token = int(next_tokens[slot])
+                row.last_logprob = None
+                if raw is not None and row.params.logprobs is not None and token not in self.eos_ids:
+                    row.last_logprob = _logprob(raw[slot], token, row.params.logprobs)
+                    row.logprobs.append(row.last_logprob)
+                text = self._advance(row, token)
                 if row.finish is not None:
                     active.remove(slot)
                 yield row, text
@@ -239,8 +300,10 @@ class OrtGenAIEngine(Engine):
         if token in self.eos_ids:
             text = self._finish(row, "stop")
         else:
+            if row.constraint is not None:
+                row.constraint.consume(token)
             text = row.stops.feed(row.decoder.push(token))
-            if row.stops.stopped:
+            if row.stops.stopped or (row.constraint is not None and row.constraint.done):
                 text += self._finish(row, "stop")
             elif row.completion_tokens >= row.max_new:
                 text += self._finish(row, "length")
@@ -252,3 +315,14 @@ class OrtGenAIEngine(Engine):
         """Mark the row finished; returns the held-back text it may still emit."""
         row.finish, row.finished_at = reason, time.perf_counter()
         return row.stops.flush()
+
+
+def _logprob(logits: np.ndarray, token: int, top: int) -> TokenLogprob:
+    x = logits.astype(np.float64)
+    x = x - x.max()
+    lp = x - np.log(np.exp(x).sum())
+    alts: tuple[tuple[int, float], ...] = ()
+    if top:
+        idx = np.argsort(-lp)[:top]
+        alts = tuple((int(i), float(lp[i])) for i in idx)
+    return TokenLogprob(token, float(lp[token]), alts)

@@ -9,6 +9,7 @@ batch and the cache; new rows may join between steps.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 
-from slmops.engines.base import Engine, GenerationRequest, GenerationResult, StreamChunk
+from slmops.engines.base import Engine, GenerationRequest, GenerationResult, StreamChunk, TokenLogprob
 from slmops.engines.batching import BatchEvent, DecodeBatch
 from slmops.errors import EngineError
 
@@ -47,6 +48,7 @@ class TorchEngine(Engine):
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (min(eos_ids) if eos_ids else 0)
         self.context_length = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
+        self.vocab_size = int(getattr(model.config, "vocab_size", 0) or len(tokenizer))
         self.adapters = dict(adapters or {})  # request adapter name -> PEFT adapter name in ``model``
 
     @classmethod
@@ -60,14 +62,26 @@ class TorchEngine(Engine):
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
         tok = self.tokenizer
         if request.messages is None:
-            return list(tok(request.prompt, add_special_tokens=True)["input_ids"])
+            ids = list(tok(request.prompt, add_special_tokens=True)["input_ids"])
+            if not ids and tok.bos_token_id is not None:
+                ids = [tok.bos_token_id]  # an empty prompt starts from BOS (a base model's unconditional text)
+            return ids
         if not tok.chat_template:
             raise EngineError(
                 "This model has no chat template, so chat messages cannot be formatted.",
                 "Send a raw prompt instead (e.g. `slmops generate --raw`), or use an instruction-tuned model.",
             )
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        messages = [m.as_dict() for m in request.messages]
+        tools = json.loads(request.tools) if request.tools else None
+        extra: dict[str, Any] = {}
+        if tools or any(m.tool_calls or m.role == "tool" for m in request.messages):
+            from slmops.engines.tools import render_default, template_has_tools
+
+            if template_has_tools(tok.chat_template):
+                extra["tools"] = [{"type": "function", "function": f} for f in tools or ()]
+            else:
+                messages = render_default(messages, tools)
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **extra)
         return list(tok(text, add_special_tokens=False)["input_ids"])
 
     def count_tokens(self, request: GenerationRequest) -> int:
@@ -99,43 +113,56 @@ class TorchEngine(Engine):
         return DecodeBatch(self)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        results: list[GenerationResult] = []
-        for start in range(0, len(requests), self.max_batch_size):
-            chunk = requests[start : start + self.max_batch_size]
-            t0 = time.perf_counter()
-            batch = self.new_batch()
-            ids = [batch.add(r) for r in chunk]
-            pieces: dict[int, list[str]] = {i: [] for i in ids}
-            finals: dict[int, tuple[BatchEvent, float]] = {}
-            while batch:
-                for ev in batch.step():
-                    pieces[ev.id].append(ev.text)
-                    if ev.finish_reason is not None:
-                        finals[ev.id] = (ev, time.perf_counter())
-            for i in ids:
-                ev, finished_at = finals[i]
-                results.append(
-                    GenerationResult(
-                        text="".join(pieces[i]),
-                        prompt_tokens=ev.prompt_tokens,
-                        completion_tokens=ev.completion_tokens,
-                        finish_reason=ev.finish_reason or "length",
-                        seconds=finished_at - t0,
-                    )
-                )
-        return results
+        return _generate_batched(self, requests)
 
     def stream(self, request: GenerationRequest) -> Iterator[StreamChunk]:
-        batch = self.new_batch()
-        batch.add(request)
+        return _stream_batched(self, request)
+
+
+def _generate_batched(engine: Any, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+    """``generate`` over an engine's step-level batch (``engine.new_batch()``), in chunks of
+    ``engine.max_batch_size``; results in request order."""
+    results: list[GenerationResult] = []
+    for start in range(0, len(requests), engine.max_batch_size):
+        chunk = requests[start : start + engine.max_batch_size]
+        t0 = time.perf_counter()
+        batch = engine.new_batch()
+        ids = [batch.add(r) for r in chunk]
+        pieces: dict[int, list[str]] = {i: [] for i in ids}
+        lps: dict[int, list[TokenLogprob]] = {i: [] for i in ids}
+        finals: dict[int, tuple[BatchEvent, float]] = {}
         while batch:
             for ev in batch.step():
-                if ev.text:
-                    yield StreamChunk(ev.text)
+                pieces[ev.id].append(ev.text)
+                lps[ev.id].extend(ev.logprobs)
                 if ev.finish_reason is not None:
-                    yield StreamChunk(
-                        "",
-                        finish_reason=ev.finish_reason,
-                        prompt_tokens=ev.prompt_tokens,
-                        completion_tokens=ev.completion_tokens,
-                    )
+                    finals[ev.id] = (ev, time.perf_counter())
+        for i, request in zip(ids, chunk, strict=True):
+            ev, finished_at = finals[i]
+            results.append(
+                GenerationResult(
+                    text="".join(pieces[i]),
+                    prompt_tokens=ev.prompt_tokens,
+                    completion_tokens=ev.completion_tokens,
+                    finish_reason=ev.finish_reason or "length",
+                    seconds=finished_at - t0,
+                    logprobs=tuple(lps[i]) if request.params.logprobs is not None else None,
+                )
+            )
+    return results
+
+
+def _stream_batched(engine: Any, request: GenerationRequest) -> Iterator[StreamChunk]:
+    batch = engine.new_batch()
+    batch.add(request)
+    while batch:
+        for ev in batch.step():
+            if ev.text or ev.logprobs:
+                yield StreamChunk(ev.text, logprobs=ev.logprobs)
+            if ev.finish_reason is not None:
+                yield StreamChunk(
+                    "",
+                    finish_reason=ev.finish_reason,
+                    prompt_tokens=ev.prompt_tokens,
+                    completion_tokens=ev.completion_tokens,
+                )

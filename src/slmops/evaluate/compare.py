@@ -15,11 +15,9 @@ bootstrap interval of the per-record difference; ``significant`` says it exclude
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
 
-from slmops.evaluate.bootstrap import ConfidenceInterval, paired_bootstrap_delta
-from slmops.evaluate.results import ModelResult
+from slmops.evaluate.bootstrap import paired_bootstrap_delta
+from slmops.evaluate.results import Comparison, ModelComparison, ModelResult
 
 
 def ratio(new: float | None, base: float | None) -> float | None:
@@ -48,44 +46,6 @@ def time_per_request_ms(model: ModelResult) -> float | None:
     if perf.latency_p50_ms is not None:
         return perf.latency_p50_ms
     return perf.generation_seconds * 1000 / perf.requests if perf.requests else None
-
-
-@dataclass(frozen=True)
-class ModelComparison:
-    ref: str
-    quality: float | None
-    quality_delta: float | None
-    quality_delta_ci: ConfidenceInterval | None
-    significant: bool | None
-    quality_retention_pct: float | None
-    metric_deltas: dict[str, float]
-    time_ratio: float | None
-    inference_time_reduction_pct: float | None
-    throughput_ratio: float | None
-    memory_ratio: float | None
-    memory_reduction_pct: float | None
-    size_ratio: float | None
-    size_reduction_pct: float | None
-    judge_delta: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["quality_delta_ci"] = self.quality_delta_ci.to_dict() if self.quality_delta_ci else None
-        return data
-
-
-@dataclass(frozen=True)
-class Comparison:
-    baseline: str | None
-    primary_metric: str
-    rows: list[ModelComparison] = field(default_factory=list)
-
-    def row(self, ref: str) -> ModelComparison:
-        return next(r for r in self.rows if r.ref == ref)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"baseline": self.baseline, "primary_metric": self.primary_metric,
-                "rows": [r.to_dict() for r in self.rows]}
 
 
 def _memory(model: ModelResult) -> float | None:

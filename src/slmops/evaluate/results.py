@@ -6,17 +6,14 @@ renaming or removing one bumps ``SCHEMA_VERSION``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 from slmops.evaluate.bootstrap import ConfidenceInterval
 from slmops.evaluate.judge import JudgeResult
 from slmops.evaluate.metrics import Confusion, Perplexity
 from slmops.evaluate.perf import PerfStats
 from slmops.evaluate.tasks import EvalItem
-
-if TYPE_CHECKING:
-    from slmops.evaluate.compare import Comparison
 
 SCHEMA_VERSION = 1
 REPORT_KIND = "slmops.eval"
@@ -105,6 +102,45 @@ class ModelResult:
             "judge": self.judge.to_dict() if self.judge else None,
             "records": records,
         }
+
+
+# the comparison's shape; :func:`slmops.evaluate.compare.compare_models` computes it
+@dataclass(frozen=True)
+class ModelComparison:
+    ref: str
+    quality: float | None
+    quality_delta: float | None
+    quality_delta_ci: ConfidenceInterval | None
+    significant: bool | None
+    quality_retention_pct: float | None
+    metric_deltas: dict[str, float]
+    time_ratio: float | None
+    inference_time_reduction_pct: float | None
+    throughput_ratio: float | None
+    memory_ratio: float | None
+    memory_reduction_pct: float | None
+    size_ratio: float | None
+    size_reduction_pct: float | None
+    judge_delta: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["quality_delta_ci"] = self.quality_delta_ci.to_dict() if self.quality_delta_ci else None
+        return data
+
+
+@dataclass(frozen=True)
+class Comparison:
+    baseline: str | None
+    primary_metric: str
+    rows: list[ModelComparison] = field(default_factory=list)
+
+    def row(self, ref: str) -> ModelComparison:
+        return next(r for r in self.rows if r.ref == ref)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"baseline": self.baseline, "primary_metric": self.primary_metric,
+                "rows": [r.to_dict() for r in self.rows]}
 
 
 @dataclass(frozen=True)

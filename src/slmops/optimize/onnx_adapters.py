@@ -5,7 +5,8 @@ LoRA paths (``x @ A @ B`` added beside each target MatMul, left unquantized), th
 weight becomes an overridable graph input whose default has rank 0 (so the bare graph is the
 base model, at no cost), and each adapter is written as an ONNX Runtime adapter file
 (``adapters/NAME.onnx_adapter``: ``A`` as ``[in, r]``, ``B * scaling`` as ``[r, out]``).
-``adapters.json`` lists them and names the default; the ONNX engine loads them with
+``adapters.json`` lists them and names the default (the engine's format,
+:mod:`slmops.engines.onnx_manifest`); the ONNX engine loads them with
 ``og.Adapters`` and activates one per request. Adapters may differ in rank but must target the
 same modules of the same base.
 """
@@ -21,10 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from slmops.engines.onnx_manifest import adapter_file, write_manifest
 from slmops.errors import SlmopsError
 
-MANIFEST = "adapters.json"
-ADAPTER_DIR = "adapters"
 _PEFT_KEY = re.compile(r"^(?:base_model\.model\.)?model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
 _MODULES = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
@@ -159,16 +159,8 @@ def keep_adapters(onnx_dir: Path, adapters: Mapping[str, Path], default: str) ->
     graph_params = detach_lora_inputs(onnx_dir)
     files = {}
     for name, adapter_dir in adapters.items():
-        rel = f"{ADAPTER_DIR}/{name}.onnx_adapter"
+        rel = adapter_file(name)
         write_adapter(adapter_params(adapter_dir), graph_params, onnx_dir / rel)
         files[name] = rel
-    manifest = {"default": default, "adapters": files}
-    (onnx_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    return manifest
+    return write_manifest(onnx_dir, default, files)
 
-
-def read_manifest(onnx_dir: Path) -> dict[str, Any] | None:
-    path = onnx_dir / MANIFEST
-    if not path.exists():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))

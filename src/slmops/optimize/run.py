@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from slmops.errors import SlmopsError
+from slmops.errors import CheckFailed, SlmopsError
 from slmops.models.artifacts import disk_errors, inspect, require_free_space, write_provenance
 from slmops.models.pull import Progress, gguf_to_hf
 from slmops.models.refs import name_problems, validate_name
@@ -27,8 +27,8 @@ from slmops.optimize.onnx_export import build_onnx, check_onnx_options, default_
 TARGETS = ("onnx", "gguf")
 
 
-class QualityGateError(SlmopsError):
-    """A conversion lost more quality than ``--max-ppl-increase`` allows under ``--strict``."""
+class QualityGateError(CheckFailed):
+    """A conversion lost more quality than ``--max-ppl-increase`` allows under ``--strict`` (exit code 1)."""
 
 
 @dataclass(frozen=True)

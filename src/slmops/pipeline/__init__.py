@@ -10,9 +10,10 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from slmops.pipeline.run import PipelineRun, StepState, run_pipeline
+from slmops.pipeline.run import run_pipeline
 from slmops.pipeline.runs import compare_runs, list_runs, load_run
 from slmops.pipeline.spec import PipelineSpec, PipelineSpecError, load_spec, parse_assignments, parse_spec
+from slmops.pipeline.state import PipelineRun, StepState
 from slmops.pipeline.steps import GateFailed, Observer
 
 

@@ -7,8 +7,9 @@ from typing import Any
 
 from slmops.models.store import ModelStore
 from slmops.pipeline import example_pipeline
-from slmops.pipeline.run import PipelineRun, run_pipeline
+from slmops.pipeline.run import run_pipeline
 from slmops.pipeline.spec import load_spec
+from slmops.pipeline.state import PipelineRun
 from slmops.pipeline.steps import Observer
 
 # --quick: fewer teacher prompts, training steps and test items (about 3 minutes on 2 cores)

@@ -16,8 +16,8 @@ from typing import Any
 
 from slmops.evaluate import svg
 from slmops.evaluate.report import CSS, write_atomic
-from slmops.pipeline.run import PipelineRun
 from slmops.pipeline.spec import PipelineSpec
+from slmops.pipeline.state import PipelineRun
 
 _ROWS: list[tuple[str, str, str]] = [  # (label, output key, format)
     ("parameters", "parameters", "count"),

@@ -9,7 +9,8 @@ from typing import Any
 
 from slmops.errors import SlmopsError
 from slmops.models.store import ModelStore
-from slmops.pipeline.run import PipelineRun, pipelines_dir
+from slmops.pipeline.cache import pipelines_dir
+from slmops.pipeline.state import PipelineRun
 
 
 def _alive(pid: int) -> bool:

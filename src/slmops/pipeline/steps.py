@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slmops.errors import SlmopsError
+from slmops.errors import CheckFailed, SlmopsError
 from slmops.models.refs import validate_name
 from slmops.models.store import ModelStore
 from slmops.pipeline.cache import pipelines_dir, step_key
@@ -29,8 +29,8 @@ from slmops.pipeline.kinds import (
 )
 
 
-class GateFailed(SlmopsError):
-    """A gate's check did not hold; the pipeline stops and registers nothing after it."""
+class GateFailed(CheckFailed):
+    """A gate's check did not hold; the pipeline stops and registers nothing after it (exit code 1)."""
 
     def __init__(self, step: str, failed: list[str], outputs: dict[str, Any]) -> None:
         super().__init__(f"Gate {step!r} failed: " + "; ".join(failed) + ".",

@@ -22,9 +22,20 @@ from starlette.exceptions import HTTPException
 from slmops.errors import EngineError, ModelNotFoundError, SlmopsError
 from slmops.models.store import ModelStore
 from slmops.serve.config import ServeConfig
+from slmops.serve.docs import install_docs, schema_ref
 from slmops.serve.metrics import ServeMetrics
 from slmops.serve.pool import ModelPool
-from slmops.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from slmops.serve.protocol import (
+    APIError,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    ModelCard,
+    ModelList,
+)
 from slmops.serve.reqlog import RequestLog
 from slmops.serve.serving import Serving
 
@@ -92,7 +103,11 @@ def create_app(store: ModelStore, config: ServeConfig | None = None) -> FastAPI:
         yield
         pool.close()
 
-    app = FastAPI(title="slmops", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    from slmops import __version__
+
+    app = FastAPI(
+        title="slmops", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.pool, app.state.metrics, app.state.config = pool, metrics, config
     if config.cors_origins:
         app.add_middleware(
@@ -113,15 +128,23 @@ def create_app(store: ModelStore, config: ServeConfig | None = None) -> FastAPI:
 
     api = APIRouter(dependencies=[Depends(require_key)])
 
-    @api.post("/v1/chat/completions")
+    @api.post("/v1/chat/completions", **_doc(ChatCompletionRequest, ChatCompletionResponse, stream=True))
     async def chat_completions(http: Request) -> Any:
+        """Chat completion: streaming, `response_format` (JSON mode, JSON schema), tools, logprobs."""
         body = parse(ChatCompletionRequest, await read_json(http, config.max_body_bytes))
         return await serving.chat(body, http)
 
-    @api.post("/v1/completions")
+    @api.post("/v1/completions", **_doc(CompletionRequest, CompletionResponse, stream=True))
     async def completions(http: Request) -> Any:
+        """Text completion (no chat template): streaming, logprobs, echo, token-id prompts."""
         body = parse(CompletionRequest, await read_json(http, config.max_body_bytes))
         return await serving.completion(body, http)
+
+    @api.post("/v1/embeddings", **_doc(EmbeddingRequest, EmbeddingResponse))
+    async def embeddings(http: Request) -> Any:
+        """Embeddings: the mean of the last hidden layer over the input's tokens, unit length."""
+        body = parse(EmbeddingRequest, await read_json(http, config.max_body_bytes))
+        return await serving.embeddings(body, http)
 
     @api.get("/v1/models")
     async def list_models() -> Any:
@@ -165,8 +188,49 @@ def create_app(store: ModelStore, config: ServeConfig | None = None) -> FastAPI:
         return {"status": "ok", "loaded": [m.key for m in pool.loaded()]}
 
     app.include_router(api)
+    if config.docs:
+        install_docs(app)
     _install_error_handlers(app, metrics)
     return app
+
+
+def _doc(request: type[BaseModel], response: type[BaseModel], *, stream: bool = False) -> dict[str, Any]:
+    """OpenAPI for a route that parses its own body: the request schema (the same pydantic model
+    the handler validates with), the response, and the error shape."""
+    content: dict[str, Any] = {"application/json": {"schema": schema_ref(response)}}
+    if stream:
+        content["text/event-stream"] = {"schema": {"type": "string", "description": "Server-sent events."}}
+    error = {"description": "Error", "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+    return {
+        "openapi_extra": {
+            "requestBody": {"required": True, "content": {"application/json": {"schema": schema_ref(request)}}}
+        },
+        "responses": {
+            200: {"description": "Success", "content": content},
+            400: error,
+            401: error,
+            404: error,
+            429: error,
+        },
+    }
+
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+            "required": ["message", "type", "param", "code"],
+        }
+    },
+    "required": ["error"],
+}
 
 
 def _install_error_handlers(app: FastAPI, metrics: ServeMetrics) -> None:

@@ -25,6 +25,7 @@ class ServeConfig:
     request_log_backups: int = 3
     threads: int | None = None
     routes: dict[str, dict[str, float]] = field(default_factory=dict)  # canary: name -> {ref: weight}
+    docs: bool = True  # /openapi.json and the interactive /docs page
 
     def __post_init__(self) -> None:
         problems = [

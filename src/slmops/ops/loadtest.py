@@ -25,7 +25,7 @@ import httpx
 from slmops.errors import SlmopsError
 from slmops.evaluate.perf import MB, percentile
 from slmops.models.store import ModelStore
-from slmops.serve.target import ProcessMonitor, ServerOptions, Target, open_target
+from slmops.ops.target import ProcessMonitor, ServerOptions, Target, open_target
 
 Progress = Callable[[str], None]
 

@@ -29,13 +29,14 @@ from typing import Any, Literal
 
 import httpx
 
+from slmops.data.formats import compile_regex, json_problem, load_schema
 from slmops.errors import SlmopsError
 from slmops.evaluate.perf import MB, percentile
 from slmops.evaluate.run import EvalConfig, prepare
 from slmops.evaluate.scoring import score_outputs
 from slmops.models.store import ModelStore
-from slmops.serve.loadtest import PROMPTS, Sample, chat_body, run_clients
-from slmops.serve.target import ServerOptions, Target, open_target
+from slmops.ops.loadtest import PROMPTS, Sample, chat_body, run_clients
+from slmops.ops.target import ServerOptions, Target, open_target
 
 Progress = Callable[[str], None]
 Status = Literal["pass", "fail", "skip"]
@@ -136,8 +137,6 @@ def run_validate(
 ) -> ValidateReport:
     config.validate()
     say = progress or (lambda _m: None)
-    from slmops.distill.filters import compile_regex, load_schema
-
     regex = compile_regex(config.regex)
     schema = load_schema(Path(config.json_schema)) if config.json_schema else None
     eval_config = EvalConfig(refs=(config.target,), data=config.eval, task=config.task, labels=config.labels,
@@ -184,11 +183,9 @@ def _task_metric(metric: str, score: float, outputs: list[str | None], config: V
 
 
 def _output_format(outputs: list[str], regex, schema, config: ValidateConfig) -> CheckResult:
-    from slmops.distill.filters import _json_problem
-
     if regex is None and schema is None:
         return CheckResult("output_format", "skip", "-", "-", "no --regex or --json-schema given")
-    problems = [(o, regex.search(o.strip()) is None and "no match" if regex else _json_problem(o.strip(), schema))
+    problems = [(o, regex.search(o.strip()) is None and "no match" if regex else json_problem(o.strip(), schema))
                 for o in outputs]  # fmt: skip
     bad = [(o, p) for o, p in problems if p]
     rate = 1 - len(bad) / len(outputs) if outputs else 0.0

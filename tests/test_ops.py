@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from slmops.errors import SlmopsError
-from slmops.evaluate.validate import ValidateConfig, edge_cases, run_validate
+from slmops.ops.loadtest import BenchConfig, parse_levels, run_bench
+from slmops.ops.validate import ValidateConfig, edge_cases, run_validate
 from slmops.serve import ServeConfig, create_app
-from slmops.serve.loadtest import BenchConfig, parse_levels, run_bench
 from slmops.serve.runner import BackgroundServer
 
 QA = [("What is the capital of France?", "Paris"), ("Say hello", "Hello world!"), ("What is two plus two?", "Four")]

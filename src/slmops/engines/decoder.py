@@ -1,0 +1,25 @@
+"""What a :class:`~slmops.engines.batching.DecodeBatch` needs from the engine it decodes for:
+a PyTorch causal LM, its tokenizer and special ids, and the engine's prompt and adapter rules.
+:class:`~slmops.engines.torch_engine.TorchEngine` is one; the batch depends on this protocol,
+not on the engine module (which imports the batch)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from slmops.engines.base import GenerationRequest
+
+
+class Decoder(Protocol):
+    model: Any  # a transformers causal LM (optionally a PEFT model with several adapters)
+    tokenizer: Any
+    eos_ids: set[int]
+    pad_id: int
+    context_length: int
+
+    def check_adapter(self, adapter: str | None) -> None: ...
+
+    def prompt_ids(self, request: GenerationRequest) -> list[int]: ...
+
+    def forward_kwargs(self, adapters: Sequence[str | None]) -> dict[str, Any]: ...
