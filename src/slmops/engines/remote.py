@@ -272,6 +272,8 @@ def _sampling_fields(params: GenerationParams) -> dict[str, Any]:
         fields["stop"] = list(params.stop)
     if params.seed is not None:
         fields["seed"] = params.seed
+    if params.response_format is not None:  # structured output: the server enforces it
+        fields["response_format"] = json.loads(params.response_format)
     return fields
 
 
