@@ -23,7 +23,7 @@ import asyncio
 import json
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -141,7 +141,7 @@ def run_validate(
     with open_target(config.target, store, model=config.model, api_key=config.api_key, options=options,
                      progress=say) as target:  # fmt: skip
         say(f"task metric: {len(items)} queries from {config.eval}")
-        outputs = _answer(target, items, config)
+        outputs = _answer(target, items, config, schema)
         scores = score_outputs(metrics, outputs, [i.gold for i in items], labels)
         checks = [_task_metric(metrics[0], scores.aggregates[metrics[0]], outputs, config)]
         checks.append(_output_format([o for o in outputs if o is not None], regex, schema, config))
@@ -156,13 +156,17 @@ def run_validate(
 
 
 # -- checks -----------------------------------------------------------------------------------
-def _answer(target: Target, items: list, config: ValidateConfig) -> list[str | None]:
+def _answer(target: Target, items: list, config: ValidateConfig, schema: dict | None = None) -> list[str | None]:
+    from slmops.engines.grammar import with_json_schema
     from slmops.engines.remote import RemoteEngine
     from slmops.evaluate.model import generate_robust
 
+    requests = [i.request for i in items]
+    if schema is not None:  # the deployment is asked the way an application would: response_format json_schema
+        requests = [replace(r, params=with_json_schema(r.params, schema)) for r in requests]
     with RemoteEngine(target.url + "/v1", target.model, api_key=target.api_key, timeout=config.timeout_s,
                       max_retries=1, max_concurrency=config.concurrency) as engine:  # fmt: skip
-        outputs, _, _ = generate_robust(engine, [i.request for i in items], 4 * config.concurrency, lambda _n: None)
+        outputs, _, _ = generate_robust(engine, requests, 4 * config.concurrency, lambda _n: None)
     return outputs
 
 
@@ -210,7 +214,12 @@ def edge_cases(model: str, long_words: int = 50_000) -> list[tuple[str, str, byt
         ("huge max_tokens", "/v1/chat/completions", body("Hello", max_tokens=10**9)),
         ("negative temperature", "/v1/chat/completions", body("Hello", temperature=-1)),
         ("empty messages", "/v1/chat/completions", json.dumps({"model": model, "messages": []}).encode()),
-    ]
+        ("empty text prompt", "/v1/completions", json.dumps({"model": model, "prompt": "", "max_tokens": 8}).encode()),
+        ("unenforceable JSON schema", "/v1/chat/completions", json.dumps({**chat_body(model, "Hello", 8),
+         "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"if": {}}}}}).encode()),
+        ("tool message without a call", "/v1/chat/completions", json.dumps({"model": model, "max_tokens": 8,
+         "messages": [{"role": "tool", "tool_call_id": "call-none", "content": "1"}]}).encode()),
+    ]  # fmt: skip
 
 
 def _edge_cases(target: Target, config: ValidateConfig) -> CheckResult:

@@ -287,6 +287,19 @@ def smoke_test(model: str, prompt: str, max_tokens: int, ctx: StepContext) -> di
             "completion_tokens": reply.usage.completion_tokens if reply.usage else None}
 
 
+def run_rollout(settings: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    """A gated, staged roll-out to a fleet (the keys of `slmops rollout start`); the pipeline's
+    process is the controller, so the step ends when the roll-out does."""
+    from slmops.fleet import rollouts
+
+    try:
+        rec = rollouts.run(rollouts.RolloutConfig(**settings), store=ctx.store, progress=ctx.observer.message)
+    except rollouts.RolloutFailed as exc:  # the outcome, with its numbers, goes into the run report
+        raise GateFailed(ctx.step, [f"roll-out {exc.record.id} rolled back: {exc.record.reason}"],
+                         rollouts.outputs(exc.record)) from None
+    return rollouts.outputs(rec)
+
+
 # -- the kinds: one entry each, settings + check + runner together ----------------------------
 # To add a kind: write its settings model (a pydantic model, in kinds.py or beside the runner),
 # its runner ``run_x(settings, ctx) -> outputs`` above, and one ``Kind(...)`` line here. The spec
@@ -312,5 +325,34 @@ KINDS: dict[str, Kind] = {k.name: k for k in [
     Kind("register", "publish a model under a name with aliases", run_register, "model, aliases", RegisterSettings),
     Kind("deploy", "export a bundle and/or smoke-test the model behind the OpenAI-compatible server", run_deploy,
          "model, bundle, url, answer", DeploySettings),
+    Kind("rollout", "staged roll-out to a fleet, gated on device telemetry, rolled back when it fails "
+         "(the keys of `slmops rollout start`)", run_rollout,
+         "rollout, status, digest, devices, touched, waves_passed, last_gate, wave_values, baseline_values",
+         check=lambda s: _rollout_problems(s), schema=lambda: _rollout_schema()),
 ]}
 RUNNERS = {name: kind.run for name, kind in KINDS.items()}
+
+
+def _rollout_problems(values: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+    from slmops.fleet.rollouts import RolloutConfig
+    from slmops.pipeline.kinds import pydantic_problems
+
+    problems = pydantic_problems(RolloutConfig, values)
+    if not problems:  # waves, gate names and budgets are checked when the file loads too
+        from slmops.fleet.gate import gate_names
+        from slmops.fleet.waves import parse_budget, parse_waves
+
+        for key, check in (("waves", parse_waves), ("gate", gate_names), ("max_unavailable", parse_budget)):
+            value = values.get(key)
+            if isinstance(value, str) and "${" not in value:
+                try:
+                    check(value)
+                except SlmopsError as exc:
+                    problems.append(((key,), exc.message))
+    return problems
+
+
+def _rollout_schema() -> dict[str, Any]:
+    from slmops.fleet.rollouts import RolloutConfig
+
+    return RolloutConfig.model_json_schema()
