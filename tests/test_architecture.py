@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"errors", "files"},  # the error family; atomic writes and file hashing
     {"models"},  # the store, catalog, loaders: records and folders, no inference
     {"engines"},  # inference backends and the request/result types every layer above uses
-    {"", "data"},  # "" = top-level modules: the API facade (slmops/__init__), generate, gates
+    {"", "data"},  # "" = top-level modules: the API facade (slmops/__init__), generate, checks
     {"train"},
     {"evaluate"},
     {"optimize"},  # uses evaluate for quality/task checks

@@ -23,6 +23,7 @@ from slmops.cli import distill as distill_cmds
 from slmops.cli import evaluate as evaluate_cmds
 from slmops.cli import finetune as finetune_cmds
 from slmops.cli import fleet as fleet_cmds
+from slmops.cli import gc as gc_cmds
 from slmops.cli import generate as generate_cmds
 from slmops.cli import keys as keys_cmds
 from slmops.cli import models as models_cmds
@@ -64,6 +65,7 @@ app.add_typer(fleet_cmds.app, name="fleet")
 app.add_typer(agent_cmds.app, name="agent")
 app.add_typer(keys_cmds.app, name="keys")
 app.add_typer(rollout_cmds.app, name="rollout")
+app.command("gc")(gc_cmds.gc_cmd)
 fleet_cmds.app.command("status")(rollout_cmds.fleet_status)
 fleet_cmds.app.command("simulate")(rollout_cmds.fleet_simulate)
 

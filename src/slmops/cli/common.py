@@ -75,6 +75,22 @@ def reflow_app_help(app: typer.Typer) -> None:
             reflow_app_help(group.typer_instance)
 
 
+def field_option(model: type[BaseModel], field: str, *extra: str, **kw: Any) -> Any:
+    """The typer option of a config field, all from the field: ``--flag-name`` (plus ``extra``
+    names), the help text (its description), its default and its limits (``ge``/``le`` become
+    ``min``/``max``). Use as ``name: TYPE = field_option(Config, "name")``; ``kw`` overrides
+    (e.g. ``default=`` for a flag whose CLI spelling differs, ``envvar=``)."""
+    info = model.model_fields[field]
+    for bound in info.metadata:
+        for attr, opt in (("ge", "min"), ("gt", "min"), ("le", "max"), ("lt", "max")):
+            value = getattr(bound, attr, None)
+            if value is not None and isinstance(value, int | float):
+                kw.setdefault(opt, value)
+    default = kw.pop("default", ... if info.is_required() else info.get_default(call_default_factory=True))
+    kw.setdefault("help", info.description)
+    return typer.Option(default, "--" + field.replace("_", "-"), *extra, **kw)
+
+
 def open_store() -> ModelStore:
     return ModelStore()
 

@@ -136,7 +136,8 @@ class DecoderGraph:
 
 class OrtDecodeBatch:
     """The :class:`~slmops.engines.batching.DecodeBatch` interface over a :class:`DecoderGraph`;
-    used from one thread at a time."""
+    used from one thread at a time. ``engine`` is the :class:`OrtGenAIEngine` that owns it (typed
+    as the :class:`~slmops.engines.decoder.GraphDecoder` protocol: that module imports this one)."""
 
     def __init__(self, engine: GraphDecoder, graph: DecoderGraph, cache: PrefixCache | None) -> None:
         self.engine, self.graph, self.cache = engine, graph, cache

@@ -23,15 +23,16 @@ import asyncio
 import json
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import httpx
+from pydantic import Field
 
+from slmops.configs import CommandConfig
 from slmops.data.formats import compile_regex, json_problem, load_schema
-from slmops.errors import SlmopsError
 from slmops.evaluate.perf import MB, percentile
 from slmops.evaluate.run import EvalConfig, prepare
 from slmops.evaluate.scoring import score_outputs
@@ -49,53 +50,43 @@ SHORT_INPUT = "Say hello."
 LONG_SENTENCE = "The quarterly report covers sales, support tickets, shipping delays and the new pricing plan. "
 
 
-@dataclass(frozen=True)
-class ValidateConfig:
+class ValidateConfig(CommandConfig):
     """Everything one validation needs; field = CLI flag = Python argument."""
 
-    target: str
-    eval: str
-    task: str = "qa"
-    min_score: float = 0.5
-    labels: tuple[str, ...] = ()
-    target_field: str = "answer"
-    input_field: str = "prompt"
-    limit: int | None = None
-    max_tokens: int | None = None
-    regex: str | None = None
-    json_schema: str | None = None
-    min_format_rate: float = 1.0
-    soak_requests: int = 200
-    warmup: int = 20
-    max_rss_growth_pct: float = 5.0
-    latency_requests: int = 6
-    long_input_words: int = 300
-    max_latency_ratio: float = 2.0  # longest input's time to first token / the linear cost fitted on shorter ones
-    concurrency: int = 4
-    model: str | None = None
-    api_key: str | None = None
-    threads: int | None = None
-    timeout_s: float = 600.0
+    what: ClassVar[str] = "validation settings"
+    example: ClassVar[str] = "Example: slmops validate MODEL --eval test.jsonl --task qa --min-score 0.6."
 
-    def validate(self) -> None:
-        """Raise one error listing every problem, before any work starts."""
-        problems = []
-        for name in ("soak_requests", "latency_requests", "long_input_words", "concurrency"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
-        if self.warmup < 0:
-            problems.append(f"warmup must be >= 0 (got {self.warmup})")
-        if not 0 <= self.min_format_rate <= 1:
-            problems.append(f"min_format_rate must be in [0, 1] (got {self.min_format_rate})")
-        if self.max_rss_growth_pct < 0 or self.max_latency_ratio <= 0:
-            problems.append("max_rss_growth_pct must be >= 0 and max_latency_ratio > 0")
-        if self.regex is not None and self.json_schema is not None:
-            problems.append("give --regex or --json-schema, not both")
-        if problems:
-            raise SlmopsError(
-                "Invalid validation settings: " + "; ".join(problems) + ".",
-                "Example: slmops validate MODEL --eval test.jsonl --task qa --min-score 0.6.",
-            )
+    target: str = Field(description="A store reference (served here on a free local port) or a server URL: "
+                                    "http://host:port/v1[#model].")
+    eval: str = Field(description="Domain queries with gold answers (JSONL/JSON/CSV/Parquet, or "
+                                  "builtin:support-tickets).")
+    task: str = Field("qa", description="Task of the eval file (sets the metric).")
+    min_score: float = Field(0.5, description="Least primary-metric score on the eval file (accuracy, token F1, ...).")
+    labels: tuple[str, ...] = Field((), description="Label set for classification (default: from the data).")
+    target_field: str = Field("answer", description="Field holding the gold answer.")
+    input_field: str = Field("prompt", description="Field holding the input text.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N eval records.")
+    max_tokens: int | None = Field(None, ge=1, description="Most tokens per eval answer (default: per task).")
+    regex: str | None = Field(None, description="Every answer must contain a match (anchor with ^...$ for the "
+                                                "whole answer).")
+    json_schema: str | None = Field(None, description="Every answer must be JSON valid against this schema file.")
+    min_format_rate: float = Field(1.0, ge=0, le=1, description="Least share of answers in the right format.")
+    soak_requests: int = Field(200, ge=1, description="Requests in the memory soak (after the warm-up).")
+    warmup: int = Field(20, ge=0, description="Requests before the soak's first reading.")
+    max_rss_growth_pct: float = Field(5.0, ge=0, description="Most resident-memory growth over the soak, in percent.")
+    latency_requests: int = Field(6, ge=1, description="Requests per input length in the latency check.")
+    long_input_words: int = Field(300, ge=1, description="Words in the longest input of the latency check.")
+    max_latency_ratio: float = Field(2.0, gt=0, description="Most time to first token of the long input over the "
+                                                            "linear cost fitted on shorter ones.")
+    concurrency: int = Field(4, ge=1, description="Concurrent requests for the eval queries and the soak.")
+    model: str | None = Field(None, description="The 'model' field to send to a URL target (default: after '#', "
+                                                "else the server's first).")
+    api_key: str | None = Field(None, description="Bearer key for a URL target (env SLMOPS_API_KEY).")
+    threads: int | None = Field(None, description="CPU threads for inference (default: all cores).")
+    timeout_s: float = Field(600.0, gt=0, description="Seconds one request may take.")
+
+    def problems(self) -> list[str]:
+        return ["give --regex or --json-schema, not both"] if self.regex is not None and self.json_schema else []
 
 
 @dataclass(frozen=True)
@@ -136,7 +127,6 @@ class ValidateReport:
 def run_validate(
     config: ValidateConfig, *, store: ModelStore | None = None, progress: Progress | None = None
 ) -> ValidateReport:
-    config.validate()
     say = progress or (lambda _m: None)
     regex = compile_regex(config.regex)
     schema = load_schema(Path(config.json_schema)) if config.json_schema else None
@@ -151,7 +141,7 @@ def run_validate(
     with open_target(config.target, store, model=config.model, api_key=config.api_key, options=options,
                      progress=say) as target:  # fmt: skip
         say(f"task metric: {len(items)} queries from {config.eval}")
-        outputs = _answer(target, items, config)
+        outputs = _answer(target, items, config, schema)
         scores = score_outputs(metrics, outputs, [i.gold for i in items], labels)
         checks = [_task_metric(metrics[0], scores.aggregates[metrics[0]], outputs, config)]
         checks.append(_output_format([o for o in outputs if o is not None], regex, schema, config))
@@ -162,17 +152,21 @@ def run_validate(
         say(f"memory soak: {config.warmup} warm-up + {config.soak_requests} requests")
         checks.append(memory_soak(target, config))
         return ValidateReport(config.target, target.model, target.process is not None, checks,
-                              {**asdict(config), "api_key": None})  # fmt: skip
+                              {**config.model_dump(), "api_key": None})  # fmt: skip
 
 
 # -- checks -----------------------------------------------------------------------------------
-def _answer(target: Target, items: list, config: ValidateConfig) -> list[str | None]:
+def _answer(target: Target, items: list, config: ValidateConfig, schema: dict | None = None) -> list[str | None]:
+    from slmops.engines.grammar import with_json_schema
     from slmops.engines.remote import RemoteEngine
     from slmops.evaluate.model import generate_robust
 
+    requests = [i.request for i in items]
+    if schema is not None:  # the deployment is asked the way an application would: response_format json_schema
+        requests = [replace(r, params=with_json_schema(r.params, schema)) for r in requests]
     with RemoteEngine(target.url + "/v1", target.model, api_key=target.api_key, timeout=config.timeout_s,
                       max_retries=1, max_concurrency=config.concurrency) as engine:  # fmt: skip
-        outputs, _, _ = generate_robust(engine, [i.request for i in items], 4 * config.concurrency, lambda _n: None)
+        outputs, _, _ = generate_robust(engine, requests, 4 * config.concurrency, lambda _n: None)
     return outputs
 
 
@@ -219,8 +213,13 @@ def edge_cases(model: str, long_words: int = 50_000) -> list[tuple[str, str, byt
         ("unknown model", "/v1/chat/completions", body("Hello").replace(model.encode(), b"no-such-model-0x1f", 1)),
         ("huge max_tokens", "/v1/chat/completions", body("Hello", max_tokens=10**9)),
         ("negative temperature", "/v1/chat/completions", body("Hello", temperature=-1)),
+        ("empty messages", "/v1/chat/completions", json.dumps({"model": model, "messages": []}).encode()),
         ("empty text prompt", "/v1/completions", json.dumps({"model": model, "prompt": "", "max_tokens": 8}).encode()),
-    ]
+        ("unenforceable JSON schema", "/v1/chat/completions", json.dumps({**chat_body(model, "Hello", 8),
+         "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"if": {}}}}}).encode()),
+        ("tool message without a call", "/v1/chat/completions", json.dumps({"model": model, "max_tokens": 8,
+         "messages": [{"role": "tool", "tool_call_id": "call-none", "content": "1"}]}).encode()),
+    ]  # fmt: skip
 
 
 def _edge_cases(target: Target, config: ValidateConfig) -> CheckResult:

@@ -17,7 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from slmops.gates import parse_check
+from slmops.checks import parse_check
+from slmops.configs import CommandConfig
 
 Problems = list[tuple[tuple[Any, ...], str]]
 
@@ -41,7 +42,8 @@ def _got(value: Any) -> str:
 def pydantic_problems(model: type[BaseModel], values: dict[str, Any], fill: dict[str, Any] | None = None) -> Problems:
     """Validate ``values`` against ``model`` (``fill`` supplies keys the pipeline sets itself)."""
     try:
-        model(**{**(fill or {}), **values})
+        data = {**(fill or {}), **values}
+        built = model.validate_raw(data) if issubclass(model, CommandConfig) else model(**data)
     except ValidationError as exc:
         out: Problems = []
         for e in exc.errors():
@@ -51,6 +53,9 @@ def pydantic_problems(model: type[BaseModel], values: dict[str, Any], fill: dict
             out.append((loc[:1] if loc and isinstance(loc[-1], int) and len(loc) > 1 else loc,
                         e["msg"].removeprefix("Value error, ") + _got(e.get("input"))))
         return out
+    cross = getattr(built, "problems", None)  # a CommandConfig's cross-field rules
+    if callable(cross) and "${steps." not in repr(values):
+        return [((), p) for p in cross()]
     return []
 
 
@@ -148,8 +153,7 @@ def check_prune(s: dict[str, Any]) -> Problems:
     from slmops.optimize.prune import PruneConfig
 
     out: Problems = [] if isinstance(s.get("model"), str) else [(("model",), "the model to prune is required")]
-    return out + dataclass_problems(PruneConfig, {k: v for k, v in s.items() if k != "model"}, {"ref": "m"},
-                                    hidden=("ref",))
+    return out + pydantic_problems(PruneConfig, {k: v for k, v in s.items() if k != "model"}, {"ref": "m"})
 
 
 def check_optimize(s: dict[str, Any]) -> Problems:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from slmops.checks import evaluate_check
 from slmops.errors import CheckFailed, SlmopsError
-from slmops.gates import evaluate_check
 from slmops.models.refs import validate_name
 from slmops.models.store import ModelStore
 from slmops.pipeline.cache import pipelines_dir, step_key
