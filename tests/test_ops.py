@@ -85,7 +85,7 @@ def test_validate_against_a_url_passes_and_fails_on_the_format(url_server, qa_fi
     assert by["task_metric"].figure.startswith("token_f1 ") and by["task_metric"].threshold == ">= 0"
     assert by["edge_cases"].figure == f"0/{len(edge_cases('tiny'))} answered 5xx"
     statuses = by["edge_cases"].values
-    assert statuses["malformed JSON"] == statuses["unenforceable JSON schema"] == 400
+    assert statuses["malformed JSON"] == statuses["empty messages"] == statuses["unenforceable JSON schema"] == 400
     assert statuses["tool message without a call"] == 400 and statuses["unknown model"] == 404
     assert statuses["empty text prompt"] == 200  # completions are not templated: an empty prompt starts from BOS
     assert statuses["control characters"] == statuses["unusual Unicode"] == 200

@@ -21,7 +21,10 @@ Task = Literal["classification", "nli", "qa", "conversation", "math", "summariza
 class GenerateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    teacher: str = Field(description="Teacher: store name, catalog name, path, or an OpenAI-compatible URL#model.")
+    teacher: str = Field(
+        description="Teacher: store name, catalog name, path, or an OpenAI-compatible URL#model "
+        "(several URLs, comma-separated, share the work)."
+    )
     data: str = Field(description="Input records (JSONL/JSON/CSV/Parquet) or builtin:NAME.")
     task: Task = Field(description="Task type: classification, nli, qa, conversation, math, summarization.")
     output: Path = Field(description="Synthetic data file (JSONL, appended to); rejects go to <stem>.rejected.jsonl.")
@@ -33,7 +36,9 @@ class GenerateConfig(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_tokens: int | None = Field(None, ge=1, description="Most tokens per teacher answer (default: per task).")
     batch_size: int = Field(8, ge=1, description="Teacher requests per batch (one durable append per batch).")
-    concurrency: int = Field(8, ge=1, description="Remote teacher: requests in flight at once (<= --batch-size).")
+    concurrency: int = Field(
+        8, ge=1, description="Remote teacher: requests in flight at once, per endpoint (<= --batch-size)."
+    )
     rps: float | None = Field(None, gt=0, description="Remote teacher: most requests started per second.")
     resume: bool = Field(False, description="Continue an interrupted run: finished records are skipped.")
     system: str | None = Field(None, description="System prompt for the teacher (overrides the recipe's).")
@@ -56,6 +61,9 @@ class GenerateConfig(BaseModel):
             problems.append("--n > 1 needs --temperature > 0 (greedy decoding gives n identical answers)")
         if self.vote and self.n < 2:
             problems.append("--vote needs --n 2 or more (3 or 5 is usual)")
+        parts = [p.strip() for p in self.teacher.split(",")]
+        if len(parts) > 1 and not all(p.startswith(("http://", "https://")) for p in parts):
+            problems.append("--teacher: several teachers (comma-separated) must all be OpenAI-compatible URLs")
         if self.cot and self.task != "math":
             problems.append("--cot is for --task math")
         if self.labels and self.task not in LABEL_TASKS:

@@ -29,8 +29,8 @@ from slmops.engines.grammar import with_json_schema
 from slmops.errors import DataError, SlmopsError
 from slmops.evaluate.builtin import resolve_data
 from slmops.evaluate.tasks import TASKS, infer_labels, parse_labels
+from slmops.files import file_sha256
 from slmops.models.store import ModelStore
-from slmops.train.lineage import file_sha256
 
 MAX_LISTED = 12
 
@@ -169,11 +169,19 @@ def run_generate(
 def open_teacher(config: GenerateConfig, store: ModelStore | None, say: Callable[[str], None]) -> Engine:
     """A remote teacher gets the run's concurrency and rate limit; a local one the engine's batching."""
     if config.remote:
+        from slmops.engines.fanout import FanoutEngine, split_endpoints
         from slmops.engines.remote import RemoteEngine
 
-        url, _, model = config.teacher.partition("#")
-        return RemoteEngine(url, model or "default", max_concurrency=config.concurrency,
-                            requests_per_second=config.rps)
+        endpoints = split_endpoints(config.teacher)
+        # several endpoints: a failed request moves to another one soon, instead of a long backoff
+        retries = {"max_retries": 1} if len(endpoints) > 1 else {}
+        engines = [RemoteEngine(url, model or "default", max_concurrency=config.concurrency,
+                                requests_per_second=config.rps, **retries)
+                   for url, _, model in (e.partition("#") for e in endpoints)]
+        if len(engines) == 1:
+            return engines[0]
+        say(f"teacher fan-out over {len(engines)} endpoints, {config.concurrency} requests in flight each")
+        return FanoutEngine(engines, endpoints, per_endpoint=config.concurrency)
     say(f"loading teacher {config.teacher}")
     return open_engine(config.teacher, store or ModelStore(), threads=config.threads, progress=say)
 
@@ -280,6 +288,9 @@ def _seeded(params: GenerationParams, key: str) -> GenerationParams:
 
 
 def _generate(engine: Engine, requests: list[GenerationRequest], journal: Journal, done: int) -> list:
+    # no per-request retry here: the batch is journaled as a whole, a hard failure stops with
+    # the finished batches saved (``--resume`` continues), and transient errors are retried
+    # inside the engine (RemoteEngine); see :mod:`slmops.engines.batched` for the other callers
     try:
         return engine.generate(requests)
     except SlmopsError as exc:
