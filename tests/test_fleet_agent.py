@@ -291,3 +291,42 @@ def test_broker_down_at_start_and_mid_run(tmp_path, pushed):
         if proc:
             proc.terminate()
             proc.wait(10)
+
+
+def test_prompts_leave_the_device_only_with_share_logs_and_redacted(tmp_path, mosquitto, pushed):
+    fleet = "f-logs"
+    seen: dict[str, list] = {"dev1": [], "dev2": []}
+    listener = mqtt.connect(
+        mqtt.parse_broker(mosquitto),
+        on_message=lambda t, p, r: seen[protocol.split_topic(t)[1]].append(json.loads(p)),
+    )
+    listener.subscribe(protocol.fleet_wildcard(fleet, "logs"), qos=1)
+    watch = StateWatch(mosquitto, fleet)
+    quiet = start_agent(tmp_path / "d1", mosquitto, fleet, "dev1")
+    sharing = start_agent(tmp_path / "d2", mosquitto, fleet, "dev2", share_logs=True)
+    try:
+        for dev, agent in (("dev1", quiet), ("dev2", sharing)):
+            _assign(mosquitto, fleet, dev, pushed[1])
+            watch.wait(dev, lambda s: s.status == "ok" and s.active is not None)
+            r = httpx.post(
+                f"{agent.url}/v1/chat/completions",
+                timeout=30,
+                json={
+                    "model": "support",
+                    "max_tokens": 4,
+                    "messages": [{"role": "user", "content": "mail me at jane.doe@example.com"}],
+                },
+            )
+            assert r.status_code == 200
+        deadline = time.monotonic() + 10
+        while not seen["dev2"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)
+        assert seen["dev1"] == []  # no --share-logs: nothing leaves the device
+        text = json.dumps(seen["dev2"])
+        assert seen["dev2"] and "[EMAIL]" in text and "jane.doe@example.com" not in text
+    finally:
+        quiet.stop()
+        sharing.stop()
+        watch.close()
+        mqtt.close(listener)

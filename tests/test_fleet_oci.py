@@ -122,3 +122,32 @@ def test_full_disk_threshold_refuses_before_downloading(src_store, registry, tmp
     with pytest.raises(SlmopsError, match="Not enough disk space"):
         oci.pull(dest, pushed.reference, min_free_bytes=1 << 60)
     assert dest.list() == []
+
+
+def test_default_probe_is_the_test_set_in_the_lineage(tmp_path, tiny_model_dir):
+    from slmops.fleet import probe
+
+    test_set = tmp_path / "test.jsonl"
+    test_set.write_text(
+        '{"prompt": "Route: refund", "answer": "billing"}\n{"prompt": "Route: bug", "answer": "tech"}\n'
+    )
+    store = ModelStore(tmp_path / "h")
+    with store.staging() as staged:
+        shutil.copytree(tiny_model_dir, staged / "m")
+        base = store.add(staged / "m", "base", "hf")
+    with store.staging() as staged:
+        shutil.copytree(tiny_model_dir, staged / "m")
+        store.add(
+            staged / "m",
+            "tuned",
+            "hf",
+            parents=[base.ref],
+            recipe={"kind": "finetune", "eval_data": {str(test_set): "x"}},
+        )
+    items, source = probe.default_probe(store, "tuned")
+    assert source == str(test_set) and items[0] == {"prompt": "Route: refund", "expected": "billing"}
+    assert probe.default_probe(store, "base") == ([], None)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "no prompt"}\n')
+    with pytest.raises(SlmopsError, match="needs string fields"):
+        probe.load_probe(bad)

@@ -46,7 +46,9 @@ class GenerateConfig(BaseModel):
     cot: bool = Field(False, description="Math: ask for step-by-step reasoning; the student learns it too.")
     recipe: Path | None = Field(None, description="YAML/JSON file overriding the prompt recipe's keys.")
     regex: str | None = Field(None, description="Reject teacher answers that do not match this regular expression.")
-    json_schema: Path | None = Field(None, description="Reject teacher answers that are not JSON valid against it.")
+    json_schema: Path | None = Field(
+        None, description="Teacher answers are JSON valid against this schema (constrained; still checked)."
+    )
     vote: bool = Field(False, description="Keep an answer only when most of the --n samples agree on it.")
     seed: int = Field(0, description="Seed for sampling (each sample's seed also depends on its key).")
     threads: int | None = Field(None, ge=1, description="CPU threads for a local teacher.")

@@ -111,13 +111,16 @@ def choose(logits: torch.Tensor, rows: list[_Row], eos_ids: set[int]) -> list[Ba
     """One step's decision for every row (the shared tail of a decode step): mask each
     constrained row's logits to its grammar, sample, record log-probabilities (of the raw
     distribution) for rows that asked, and advance the rows."""
-    raw = logits
+    wanted = [r.params.logprobs for r in rows]
     constrained = [(s, r.constraint) for s, r in enumerate(rows) if r.constraint is not None]
+    raw = logits
     if constrained:
-        logits = logits.float().clone()
+        logits = logits.float().contiguous()
+        if logits.data_ptr() == raw.data_ptr() and any(w is not None for w in wanted):
+            raw = raw.clone()  # logprobs report the model's own distribution, before the mask
         mask_torch(logits, constrained)
     chosen = sample(logits, rows).tolist()
-    lps = token_logprobs(raw, chosen, [r.params.logprobs for r in rows], eos_ids)
+    lps = token_logprobs(raw, chosen, wanted, eos_ids)
     return [row.event(row.advance(t, eos_ids), lp) for row, t, lp in zip(rows, chosen, lps, strict=True)]
 
 

@@ -44,7 +44,7 @@ from slmops.engines.text import IncrementalDecoder, StopMatcher
 from slmops.errors import EngineError, InvalidModelError
 
 if TYPE_CHECKING:
-    from slmops.engines.ortgenai_engine import OrtGenAIEngine
+    from slmops.engines.decoder import GraphDecoder
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
            "tensor(int32)": np.int32}
@@ -136,9 +136,10 @@ class DecoderGraph:
 
 class OrtDecodeBatch:
     """The :class:`~slmops.engines.batching.DecodeBatch` interface over a :class:`DecoderGraph`;
-    used from one thread at a time."""
+    used from one thread at a time. ``engine`` is the :class:`OrtGenAIEngine` that owns it (typed
+    as the :class:`~slmops.engines.decoder.GraphDecoder` protocol: that module imports this one)."""
 
-    def __init__(self, engine: OrtGenAIEngine, graph: DecoderGraph, cache: PrefixCache | None) -> None:
+    def __init__(self, engine: GraphDecoder, graph: DecoderGraph, cache: PrefixCache | None) -> None:
         self.engine, self.graph, self.cache = engine, graph, cache
         self._rows: list[_Row] = []  # slot order
         self._lens: list[int] = []  # tokens in the KV buffer per slot

@@ -178,6 +178,7 @@ class Agent:
             slmops_version=__version__,
             free_disk_bytes=shutil.disk_usage(self.store.home).free,
             port=self._server.port if self._server else self.config.port,
+            report_interval_s=self.config.report_interval,
         )
 
     def _set(self, status: str, reason: str | None = None) -> None:
@@ -433,6 +434,10 @@ class Agent:
             d = self._take(timeout=1.0)
             if d is not None:
                 self.reconcile(d)
+
+    def request_stop(self) -> None:
+        """Make :meth:`run_forever` return (safe from a signal handler)."""
+        self._stop.set()
 
     def stop(self) -> None:
         self._stop.set()

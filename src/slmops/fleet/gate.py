@@ -5,7 +5,7 @@ An expression is one or more comparisons joined by ``and``, over the metric name
 
     p95_ms <= 1.2 * baseline.p95_ms and probe_score >= baseline.probe_score - 5
 
-Names are rewritten to ``${NAME}`` references and handed to :mod:`slmops.pipeline.gate`, so
+Names are rewritten to ``${NAME}`` references and handed to :mod:`slmops.checks`, so
 there is one evaluator (no ``eval``). An unknown name is an error when the roll-out is created.
 """
 
@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from slmops.checks import evaluate_check, parse_check
 from slmops.errors import SlmopsError
-from slmops.pipeline.gate import evaluate_check, parse_check
 
 METRICS = ("error_rate", "p50_ms", "p95_ms", "ttft_ms", "tokens_per_second", "memory_mb", "probe_score", "requests")
 _IDENT = re.compile(r"(?<![\w.])([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)")

@@ -206,16 +206,25 @@ class Client:
     # -- blobs ---------------------------------------------------------------------------------
     def upload_file(self, repository: str, path: Path, digest: str, size: int) -> None:
         container = self._container(repository)
-        layer = {"digest": digest, "size": size, "mediaType": FILE_MEDIA_TYPE}
         r = self._request("HEAD", f"{self.prefix}://{container.get_blob_url(digest)}")
         if r.status_code == 200:
             return
-        try:
-            r = self._oras.upload_blob(str(path), container, layer)
-        except (requests.exceptions.RequestException, OSError) as exc:
-            raise RegistryError(f"upload of {path.name} to {self.registry} failed: {type(exc).__name__}.") from None
-        except ValueError as exc:
-            raise RegistryError(f"upload of {path.name} to {self.registry} failed: {exc}.") from None
+        # oras's upload_blob reads the whole file into memory; stream it instead (POST a
+        # session, then PUT the file with its digest), through the same oras session and auth
+        r = self._request(
+            "POST",
+            f"{self.prefix}://{container.upload_blob_url()}",
+            headers={"Content-Type": "application/octet-stream", "Content-Length": "0"},
+        )
+        self._check(r, f"the upload of {path.name}")
+        location = self._oras._get_location(r, container)
+        if not location:
+            raise RegistryError(f"the registry {self.registry} gave no upload location for {path.name}.")
+        url = f"{location}{'&' if '?' in location else '?'}digest={digest}"
+        with open(path, "rb") as f:
+            r = self._request(
+                "PUT", url, data=f, headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+            )
         self._check(r, f"the upload of {path.name}")
 
     def upload_bytes(self, repository: str, data: bytes) -> str:
@@ -539,7 +548,7 @@ def pull(
                 rel = _safe_rel(layer["annotations"][TITLE])
                 dest = files_dir / rel
                 if dest.exists() and dest.stat().st_size == layer["size"] and sha256_file(dest) == layer["digest"]:
-                    continue  # finished before an interruption
+                    continue  # finished (and renamed from .part) before an interruption, checked again
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 part = dest.with_name(dest.name + ".part")
                 if progress:
@@ -547,9 +556,11 @@ def pull(
                 client.fetch_blob(ref.repository, layer["digest"], part, rate_limit=rate_limit)
                 os.replace(part, dest)
                 fetched += int(layer["size"])
-        for rel, digest in cfg["files"].items():  # belt and braces before anything is registered
-            if sha256_file(files_dir / rel) != digest:
-                raise ArtifactError(f"{rel} of {ref} does not match its digest after download.")
+        # every file was hashed as it streamed (fetch_blob) or re-hashed above when resumed
+        if sorted(p.relative_to(files_dir).as_posix() for p in files_dir.rglob("*") if p.is_file()) != sorted(
+            cfg["files"]
+        ):
+            raise ArtifactError(f"the files staged for {ref} are not the files its config lists.")
         recipe = {
             "kind": "pull",
             "source": str(art.reference),

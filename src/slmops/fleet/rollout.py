@@ -116,6 +116,14 @@ def plan(fleet: str, target: Target, devices: dict[str, DeviceView], *, waves: s
     )
 
 
+def rollback_desired(rec: RolloutRecord, device: str, now: float) -> DesiredState | None:
+    """The desired state that puts ``device`` back where it was before the roll-out (None: it had none)."""
+    prev = rec.previous.get(device)
+    if prev is None:
+        return None
+    return DesiredState(**{**prev, "generation": rec.generation[device] + 1, "issued_at": now})
+
+
 # -- one step ---------------------------------------------------------------------------------
 class Controller:
     """Drives one roll-out record one step at a time (no threads, no sleeps: :meth:`tick`)."""
@@ -123,6 +131,7 @@ class Controller:
     def __init__(self, store: RolloutStore, rollout_id: str, io: FleetIO,
                  clock: Callable[[], float] = time.time) -> None:
         self.store, self.id, self.io, self.clock = store, rollout_id, io, clock
+        self.started = clock()  # telemetry is only seen from here on
 
     # the published desired states ------------------------------------------------------------
     def _new_desired(self, rec: RolloutRecord, device: str) -> DesiredState:
@@ -132,10 +141,7 @@ class Controller:
                             issued_at=self.clock())
 
     def _rollback_desired(self, rec: RolloutRecord, device: str) -> DesiredState | None:
-        prev = rec.previous.get(device)
-        if prev is None:
-            return None
-        return DesiredState(**{**prev, "generation": rec.generation[device] + 1, "issued_at": self.clock()})
+        return rollback_desired(rec, device, self.clock())
 
     @staticmethod
     def _holds(dv: DeviceView | None, want: DesiredState | None) -> bool:
@@ -186,6 +192,15 @@ class Controller:
         devices = self.io.devices()
         wave = rec.wave_devices()
         label = f"wave {rec.wave + 1}/{len(rec.cuts)}"
+        if rec.phase == "assign" and rec.wave == 0 and rec.last_baseline is None:
+            # the old version's window before anything changes: the baseline once none are left on it
+            if now - self.started < 1.5 * rec.report_interval_s:
+                return
+            before = [w for w in self.io.windows_since(now - max(rec.bake_s, 2 * rec.report_interval_s))
+                      if w.device_id in rec.labels and w.digest != rec.target.digest]
+            rec.last_baseline = aggregate(before) if before else {}
+            rec.event(f"baseline before the roll-out: {len(before)} window(s) from "
+                      f"{len({w.device_id for w in before})} device(s)", now)
         if rec.phase == "assign":
             for d in wave:  # the intent: recorded before anything is published
                 if d not in rec.previous:
@@ -217,7 +232,7 @@ class Controller:
             st = dv.state if dv else None
             if st and st.active and st.active.digest == digest:
                 continue
-            if dv is None or dv.online is False:
+            if dv is not None and dv.online is False:
                 unavailable[d] = "offline"
             elif st and st.status == "failed" and st.desired_digest == digest:
                 unavailable[d] = f"failed: {st.reason or 'no reason given'}"
@@ -249,7 +264,7 @@ class Controller:
         base_ws = [w for w in windows
                    if w.device_id in rec.labels and w.device_id not in touched and w.digest != digest]
         wave_agg = aggregate(wave_ws)
-        base_agg = aggregate(base_ws) if base_ws else rec.last_baseline
+        base_agg = aggregate(base_ws) if base_ws else (rec.last_baseline or None)
         if base_ws:
             rec.last_baseline = base_agg
         results = [evaluate_gate(rec.gate, wave_agg, base_agg, "wave")]
@@ -269,7 +284,9 @@ class Controller:
             why = (f"no value for {', '.join(r.missing)} (no telemetry from the wave or the baseline); "
                    "failing safe" if r.missing else "")
             group = "" if r.group == "wave" else f" on devices with {r.group}"
-            self._fail(rec, f"{label}: gate failed{group}: {r.evaluated}" + (f" ({why})" if why else ""), now)
+            also = [x.group for x in failed[1:]]
+            more = f"; also failed on {', '.join(also)}" if also else ""
+            self._fail(rec, f"{label}: gate failed{group}: {r.evaluated}" + (f" ({why})" if why else "") + more, now)
             return
         rec.event(f"{label}: gate passed: {results[0].evaluated}", now)
         if rec.wave + 1 >= len(rec.cuts):

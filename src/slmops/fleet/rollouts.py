@@ -10,35 +10,26 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from slmops.errors import SlmopsError
-from slmops.fleet import mqtt, oci, services
+from pydantic import BaseModel, ConfigDict, Field
+
+from slmops.errors import CheckFailed, SlmopsError
+from slmops.fleet import addresses, mqtt, oci
 from slmops.fleet.rollout import plan, run_controller
 from slmops.fleet.rollstore import TERMINAL, LeaseHeld, RolloutRecord, RolloutStore, Target
 from slmops.fleet.view import DeviceView, FleetView, snapshot
 from slmops.models.store import ModelStore
 
 
-# -- where the broker and the registry are ---------------------------------------------------
+# -- where the broker and the registry are (one rule for every fleet command) ----------------
 def find_broker(explicit: str | None, home: Path) -> mqtt.Broker:
     """``--broker``, else ``$SLMOPS_BROKER``, else what ``slmops fleet up`` recorded."""
-    url = explicit or os.environ.get("SLMOPS_BROKER")
-    if not url:
-        recorded = services.read_recorded(home).get("broker")
-        url = recorded.url if recorded else None
-    if not url:
-        raise SlmopsError("no MQTT broker given.",
-                          hint="Pass --broker mqtt://HOST:PORT, set SLMOPS_BROKER, or run `slmops fleet up`.")
-    return mqtt.parse_broker(url)
+    return addresses.broker(explicit, home=home)
 
 
 def find_registry(explicit: str | None, home: Path) -> str | None:
-    url = explicit or os.environ.get("SLMOPS_REGISTRY")
-    if not url:
-        recorded = services.read_recorded(home).get("registry")
-        url = recorded.url if recorded else None
-    return url.removeprefix("oci://").rstrip("/") if url else None
+    return addresses.registry(explicit, home=home)
 
 
 # -- the model ------------------------------------------------------------------------------
@@ -51,14 +42,15 @@ def resolve_target(model: str, *, store: ModelStore, registry: str | None, serve
         art = oci.resolve(oci.Client(ref.registry), ref, trust=trust)
         return Target(reference=str(art.reference), digest=art.digest, format=str(art.config.get("format")),
                       served_name=served_name, source=model)
-    rec = store.get(model)  # ModelNotFoundError names the fix
+    from slmops.fleet.publish import publish
+
+    store.get(model)  # ModelNotFoundError names the fix before the registry is asked
     if not registry:
         raise SlmopsError(f"{model} is a store model; pushing it needs a registry.",
                           hint="Pass --registry HOST:PORT, set SLMOPS_REGISTRY, or start one with `slmops fleet up`.")
-    dest = oci.parse_oci(f"oci://{registry}/{rec.name.lower()}:v{rec.version}")
-    pushed = oci.push(store, rec.ref, dest, progress=progress)
-    return Target(reference=str(pushed.reference), digest=pushed.digest, format=rec.format,
-                  served_name=served_name, source=rec.ref)
+    pub = publish(store, model, registry=registry)  # the same repository `fleet assign` pushes to
+    return Target(reference=pub.reference, digest=pub.digest, format=pub.format, served_name=served_name,
+                  source=model)
 
 
 def served_name_of(devices: dict[str, DeviceView], fleet: str) -> str:
@@ -97,11 +89,30 @@ def start(*, store: ModelStore, broker: mqtt.Broker, fleet: str, model: str, wav
               f"in {len(rec.cuts)} wave(s) {[n for n in rec.cuts]}")
     rstore.create(rec)
     if spawn:
-        spawn_controller(store.home, rec.id, broker)
+        proc = spawn_controller(store.home, rec.id, broker)
+        wait_under_way(store.home, rec, proc)
     return rec
 
 
-def spawn_controller(home: Path, rollout_id: str, broker: mqtt.Broker) -> int:
+def wait_under_way(home: Path, rec: RolloutRecord, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Return once the controller holds the fleet's lease; its log's tail when it died first."""
+    rstore = RolloutStore(home)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        held = rstore.lease_holder(rec.fleet)
+        if held and held.get("rollout") == rec.id:
+            return
+        if proc.poll() is not None:
+            if rstore.load(rec.id).done:
+                return  # it ran to the end already
+            log = rstore.dir / f"{rec.id}.log"
+            tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+            raise SlmopsError(f"the controller of roll-out {rec.id} stopped at once (exit code {proc.returncode}): "
+                              + (" | ".join(tail) or "no output"), hint=f"See {log}; `slmops rollout resume {rec.id}`.")
+        time.sleep(0.1)
+
+
+def spawn_controller(home: Path, rollout_id: str, broker: mqtt.Broker) -> subprocess.Popen:
     """Start ``slmops rollout resume ID --foreground`` as its own detached process; its output goes
     to ``fleet/rollouts/ID.log``. The broker password travels in the environment, never in argv."""
     rstore = RolloutStore(home)
@@ -118,7 +129,7 @@ def spawn_controller(home: Path, rollout_id: str, broker: mqtt.Broker) -> int:
         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )
     log.close()
-    return proc.pid
+    return proc
 
 
 def drive(home: Path, rollout_id: str, broker: mqtt.Broker, *, tick_s: float = 0.5, stop: Any = None,
@@ -173,16 +184,30 @@ def resume(home: Path, rollout_id: str, broker: mqtt.Broker, *, spawn: bool = Tr
             if rec.phase == "activate":
                 rec.phase_started_at = time.time()
     if spawn and not rstore.lease_holder(rec.fleet):
-        spawn_controller(home, rollout_id, broker)
+        wait_under_way(home, rec, spawn_controller(home, rollout_id, broker))
     return rec
 
 
-def abort(home: Path, rollout_id: str) -> RolloutRecord:
+def abort(home: Path, rollout_id: str, io: Any = None) -> RolloutRecord:
+    """Stop where it is: devices already running the new version keep it; touched devices not on
+    it yet (offline, still downloading) get their previous desired state back through ``io`` (a
+    :class:`~slmops.fleet.view.FleetView`), so an aborted version reaches nobody new."""
+    from slmops.fleet.rollout import rollback_desired
+
     with RolloutStore(home).update(rollout_id) as rec:
         if rec.status in TERMINAL:
             raise SlmopsError(f"roll-out {rollout_id} has already ended ({rec.status}).")
-        rec.status, rec.phase, rec.finished_at = "aborted", "done", time.time()
-        rec.event(f"aborted: {len(rec.touched)} device(s) keep the new version, the rest keep theirs")
+        now = time.time()
+        back: dict[str, Any] = {}
+        if io is not None and rec.touched:
+            devices = io.devices()
+            back = {d: rollback_desired(rec, d, now) for d in rec.touched
+                    if (dv := devices.get(d)) is None or dv.active_digest != rec.target.digest}
+            if back:
+                io.publish_desired(back)
+        rec.status, rec.phase, rec.finished_at = "aborted", "done", now
+        rec.event(f"aborted: {len(rec.touched) - len(back)} device(s) keep the new version"
+                  + (f", {len(back)} not on it yet go back" if back else ""), now)
     return rec
 
 
@@ -197,7 +222,7 @@ def rollback(home: Path, rollout_id: str, broker: mqtt.Broker, *, spawn: bool = 
         Controller.start_rollback(rec, "rolled_back", time.time())
         rec.event(f"rollback asked: {len(rec.touched)} device(s) go back")
     if spawn and not rstore.lease_holder(rec.fleet):
-        spawn_controller(home, rollout_id, broker)
+        wait_under_way(home, rec, spawn_controller(home, rollout_id, broker))
     return rec
 
 
@@ -225,3 +250,82 @@ def fleet_status(home: Path, broker: mqtt.Broker, fleet: str) -> dict[str, Any]:
         "rollouts": [r.summary() for r in running],
         "last_rollout": recs[-1].summary() if recs and recs[-1].done else None,
     }
+
+
+# -- one config for `rollout start` and the pipeline's `rollout` step -----------------------------
+class RolloutConfig(BaseModel):
+    """The keys of ``slmops rollout start`` (a pipeline ``rollout`` step takes the same)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fleet: str = Field(description="Fleet name.")
+    model: str = Field(description="Store reference (pushed first) or oci://HOST/REPO:TAG|@sha256:...")
+    gate: str = Field(description="Gate: the wave vs baseline.NAME, e.g. 'probe_score >= baseline.probe_score - 5'.")
+    waves: str = Field("1,10%,50%,100%", description="Cumulative wave sizes, counts or percentages, ending at 100%.")
+    bake: str | float = Field("120s", description="How long each wave bakes before its gate (120s, 2m).")
+    select: str | None = Field(None, description="Only devices with these labels: k=v,k2=v2.")
+    max_unavailable: str = Field("10%", description="Devices of a wave that may be offline/failed/late: N or P%.")
+    on_missing_data: Literal["fail", "continue"] = Field("fail", description="No telemetry: fail or continue.")
+    timeout: str | float = Field("300s", description="How long a wave's devices get to activate.")
+    per_label: bool = Field(True, description="Also hold the gate for every label value of the wave.")
+    report_interval: float | None = Field(None, description="Devices' telemetry interval if unreported.")
+    served_name: str | None = Field(None, description="Public model name on the devices.")
+    registry: str | None = Field(None, description="OCI registry HOST:PORT to push a store model to.")
+    broker: str | None = Field(None, description="MQTT broker mqtt://HOST:PORT.")
+
+
+class RolloutFailed(CheckFailed):
+    """The roll-out ran and its gate (or its availability budget) failed it; its devices went back."""
+
+    def __init__(self, rec: RolloutRecord) -> None:
+        super().__init__(f"roll-out {rec.id} failed: {rec.reason}",
+                         "Every device it touched is back on its previous version.")
+        self.record = rec
+
+
+def outputs(rec: RolloutRecord) -> dict[str, Any]:
+    """A roll-out as a pipeline step's outputs (and the run report's numbers)."""
+    last = rec.gates[-1] if rec.gates else {}
+    first = (last.get("results") or [{}])[0]
+    return {"rollout": rec.id, "status": rec.status, "fleet": rec.fleet, "digest": rec.target.digest,
+            "reference": rec.target.reference, "devices": len(rec.order), "touched": len(rec.touched),
+            "waves": len(rec.cuts), "waves_passed": sum(1 for g in rec.gates if g.get("passed")),
+            "reason": rec.reason, "last_gate": first.get("evaluated"),
+            "wave_values": last.get("wave_values"), "baseline_values": last.get("baseline_values")}
+
+
+def run(config: RolloutConfig, *, store: ModelStore, progress: Any = None) -> RolloutRecord:
+    """Start the roll-out and drive it in this process to its end (for the pipeline). A roll-out of
+    the same model on this fleet that is still under way (a killed pipeline) is resumed instead.
+    Raises :class:`RolloutFailed` when it failed."""
+    from slmops.fleet.rollout import parse_duration
+
+    broker = find_broker(config.broker, store.home)
+    rstore = RolloutStore(store.home)
+    same = [r for r in rstore.active(config.fleet) if r.target.source == config.model and r.status != "paused"]
+    if same:
+        rec = same[-1]
+        if progress:
+            progress(f"resuming roll-out {rec.id} of {config.model} on fleet {config.fleet}")
+    else:
+        rec = start(store=store, broker=broker, fleet=config.fleet, model=config.model, waves=config.waves,
+                    bake_s=parse_duration(config.bake), gate=config.gate, select=config.select,
+                    max_unavailable=config.max_unavailable, on_missing_data=config.on_missing_data,
+                    activate_timeout_s=parse_duration(config.timeout, "timeout"),
+                    report_interval_s=config.report_interval, per_label=config.per_label,
+                    registry=find_registry(config.registry, store.home), served_name=config.served_name,
+                    spawn=False, progress=progress)
+        if progress:
+            progress(f"roll-out {rec.id}: {len(rec.order)} device(s) in {len(rec.cuts)} wave(s) {rec.cuts}")
+    seen = [len(rec.events)]
+
+    def tell(r: RolloutRecord) -> None:
+        if progress:
+            for e in r.events[seen[0]:]:
+                progress(e["text"])
+        seen[0] = len(r.events)
+
+    rec = drive(store.home, rec.id, broker, on_tick=tell)
+    if rec.status == "failed":
+        raise RolloutFailed(rec)
+    return rec

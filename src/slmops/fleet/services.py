@@ -161,12 +161,12 @@ def start_registry(
 
 def reload(service: Service) -> None:
     """Ask Mosquitto to re-read its password and ACL files (SIGHUP)."""
-    if not _alive(service):
+    if not is_running(service):
         raise SlmopsError(f"{service.kind} (pid {service.pid}) is not running.")
     os.kill(service.pid, signal.SIGHUP)
 
 
-def _alive(service: Service) -> bool:
+def is_running(service: Service) -> bool:
     """True when ``service.pid`` is still the process we started (its command line names its folder)."""
     try:
         cmdline = Path(f"/proc/{service.pid}/cmdline").read_bytes().decode(errors="replace")
@@ -181,7 +181,7 @@ def _alive(service: Service) -> bool:
 
 def stop(service: Service, timeout: float = 5.0) -> bool:
     """Stop a service started here (SIGTERM, then SIGKILL); False when it was not running."""
-    if not _alive(service):
+    if not is_running(service):
         return False
     with contextlib.suppress(ProcessLookupError):
         os.kill(service.pid, signal.SIGTERM)
@@ -189,7 +189,7 @@ def stop(service: Service, timeout: float = 5.0) -> bool:
     while time.monotonic() < deadline:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(service.pid, os.WNOHANG)
-        if not Path(f"/proc/{service.pid}").exists() or not _alive(service):
+        if not Path(f"/proc/{service.pid}").exists() or not is_running(service):
             return True
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
@@ -235,7 +235,7 @@ def up(
     """Start (or find already running) the local broker and registry for ``home``; detached
     processes that outlive this one, recorded in ``home/fleet/services.json``."""
     base = fleet_dir(home)
-    running = {k: s for k, s in read_recorded(home).items() if _alive(s)}
+    running = {k: s for k, s in read_recorded(home).items() if is_running(s)}
     if "broker" not in running:
         running["broker"], _ = start_mosquitto(
             base / "mosquitto", port=broker_port, password_file=password_file, acl_file=acl_file, detach=True

@@ -38,7 +38,7 @@ class DeviceView:
 class FleetView:
     """Subscribe to one fleet's device topics; safe to read from another thread."""
 
-    def __init__(self, broker: mqtt.Broker, fleet: str, *, keep_windows: int = 500_000,
+    def __init__(self, broker: mqtt.Broker, fleet: str, *, keep_windows: int = 200_000,
                  client_id: str | None = None) -> None:
         self.broker = broker
         self.fleet = protocol.check_name("fleet", fleet)
@@ -63,7 +63,11 @@ class FleetView:
 
     @property
     def connected(self) -> bool:
-        return self.client.connected_event.is_set()
+        """Connected, subscribed, and the retained burst after (re)subscribing has arrived: only
+        then does the view say what the broker holds (a half-synced view would look like
+        devices that vanished)."""
+        return (self.client.connected_event.is_set() and self._subscribed.is_set()
+                and time.monotonic() - self._last_msg >= 0.3)
 
     def _on_connect(self, client: Any) -> None:
         self._subscribed.clear()
@@ -91,7 +95,8 @@ class FleetView:
         return dv
 
     def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
-        self._last_msg = time.monotonic()
+        if retained:  # live telemetry never stops; the retained burst after subscribing does
+            self._last_msg = time.monotonic()
         try:
             _, device_id, leaf = protocol.split_topic(topic)
             now = time.time()
@@ -136,7 +141,7 @@ class FleetView:
     def publish_desired(self, states: Mapping[str, DesiredState | None], timeout: float = 30.0) -> None:
         """Publish (retained, qos 1) each device's desired state (None clears it) and wait for
         every acknowledgement; raises :class:`~slmops.fleet.mqtt.BrokerError` when it cannot."""
-        if not self.connected:
+        if not self.client.connected_event.is_set():
             raise mqtt.BrokerError(f"not connected to the broker at {self.broker.url}.")
         infos = []
         for device_id, ds in states.items():

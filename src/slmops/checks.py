@@ -1,4 +1,5 @@
-"""Quality gates: comparisons over step outputs, evaluated without ``eval``.
+"""Safe check expressions: the comparisons of pipeline gates and roll-out gates, evaluated
+without ``eval`` (shared by :mod:`slmops.pipeline` and :mod:`slmops.fleet`, so it lives below both).
 
 A check is a comparison whose sides are arithmetic over numbers and ``${steps...}``
 references, e.g. ``${steps.eval.student.accuracy} >= 0.92 * ${steps.eval.teacher.accuracy}``.
