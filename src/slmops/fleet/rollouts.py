@@ -28,8 +28,9 @@ def find_broker(explicit: str | None, home: Path) -> mqtt.Broker:
         recorded = services.read_recorded(home).get("broker")
         url = recorded.url if recorded else None
     if not url:
-        raise SlmopsError("no MQTT broker given.",
-                          hint="Pass --broker mqtt://HOST:PORT, set SLMOPS_BROKER, or run `slmops fleet up`.")
+        raise SlmopsError(
+            "no MQTT broker given.", hint="Pass --broker mqtt://HOST:PORT, set SLMOPS_BROKER, or run `slmops fleet up`."
+        )
     return mqtt.parse_broker(url)
 
 
@@ -42,23 +43,42 @@ def find_registry(explicit: str | None, home: Path) -> str | None:
 
 
 # -- the model ------------------------------------------------------------------------------
-def resolve_target(model: str, *, store: ModelStore, registry: str | None, served_name: str,
-                   trust: Path | None = None, progress: Any = None) -> Target:
+def resolve_target(
+    model: str,
+    *,
+    store: ModelStore,
+    registry: str | None,
+    served_name: str,
+    trust: Path | None = None,
+    progress: Any = None,
+) -> Target:
     """An ``oci://`` reference is resolved to its digest (the manifest must be an slmops model);
     a store reference is pushed first to ``REGISTRY/NAME:vVERSION``."""
     if oci.is_oci(model):
         ref = oci.parse_oci(model, default_registry=registry)
         art = oci.resolve(oci.Client(ref.registry), ref, trust=trust)
-        return Target(reference=str(art.reference), digest=art.digest, format=str(art.config.get("format")),
-                      served_name=served_name, source=model)
+        return Target(
+            reference=str(art.reference),
+            digest=art.digest,
+            format=str(art.config.get("format")),
+            served_name=served_name,
+            source=model,
+        )
     rec = store.get(model)  # ModelNotFoundError names the fix
     if not registry:
-        raise SlmopsError(f"{model} is a store model; pushing it needs a registry.",
-                          hint="Pass --registry HOST:PORT, set SLMOPS_REGISTRY, or start one with `slmops fleet up`.")
+        raise SlmopsError(
+            f"{model} is a store model; pushing it needs a registry.",
+            hint="Pass --registry HOST:PORT, set SLMOPS_REGISTRY, or start one with `slmops fleet up`.",
+        )
     dest = oci.parse_oci(f"oci://{registry}/{rec.name.lower()}:v{rec.version}")
     pushed = oci.push(store, rec.ref, dest, progress=progress)
-    return Target(reference=str(pushed.reference), digest=pushed.digest, format=rec.format,
-                  served_name=served_name, source=rec.ref)
+    return Target(
+        reference=str(pushed.reference),
+        digest=pushed.digest,
+        format=rec.format,
+        served_name=served_name,
+        source=rec.ref,
+    )
 
 
 def served_name_of(devices: dict[str, DeviceView], fleet: str) -> str:
@@ -68,33 +88,75 @@ def served_name_of(devices: dict[str, DeviceView], fleet: str) -> str:
 
 
 # -- start / resume ------------------------------------------------------------------------
-def start(*, store: ModelStore, broker: mqtt.Broker, fleet: str, model: str, waves: str, bake_s: float, gate: str,
-          select: str | None = None, max_unavailable: str = "10%", on_missing_data: str = "fail",
-          activate_timeout_s: float = 300.0, report_interval_s: float | None = None, per_label: bool = True,
-          registry: str | None = None, served_name: str | None = None, trust: Path | None = None,
-          spawn: bool = True, progress: Any = None) -> RolloutRecord:
+def start(
+    *,
+    store: ModelStore,
+    broker: mqtt.Broker,
+    fleet: str,
+    model: str,
+    waves: str,
+    bake_s: float,
+    gate: str,
+    select: str | None = None,
+    max_unavailable: str = "10%",
+    on_missing_data: str = "fail",
+    activate_timeout_s: float = 300.0,
+    report_interval_s: float | None = None,
+    per_label: bool = True,
+    registry: str | None = None,
+    served_name: str | None = None,
+    trust: Path | None = None,
+    spawn: bool = True,
+    progress: Any = None,
+) -> RolloutRecord:
     """Check everything, record the roll-out, start its controller (unless ``spawn=False``)."""
     rstore = RolloutStore(store.home)
     busy = rstore.active(fleet)
     if busy:
-        raise SlmopsError(f"fleet {fleet!r} already has a roll-out under way: {busy[-1].id} ({busy[-1].status}).",
-                          hint=f"Wait for it, or `slmops rollout abort {busy[-1].id}`.")
+        raise SlmopsError(
+            f"fleet {fleet!r} already has a roll-out under way: {busy[-1].id} ({busy[-1].status}).",
+            hint=f"Wait for it, or `slmops rollout abort {busy[-1].id}`.",
+        )
     held = rstore.lease_holder(fleet)
     if held:
-        raise LeaseHeld(f"fleet {fleet!r} is driven by a controller (pid {held.get('pid')}, roll-out "
-                        f"{held.get('rollout')}).", hint="Wait for it to finish or abort that roll-out.")
+        raise LeaseHeld(
+            f"fleet {fleet!r} is driven by a controller (pid {held.get('pid')}, roll-out {held.get('rollout')}).",
+            hint="Wait for it to finish or abort that roll-out.",
+        )
     devices = snapshot(broker, fleet)
     name = served_name or served_name_of(devices, fleet)
     # cheap checks first: nothing is pushed for a roll-out that cannot start
-    plan(fleet, Target(reference="-", digest="sha256:" + "0" * 64, format="hf", served_name=name), devices,
-         waves=waves, bake_s=bake_s, gate=gate, select=select, max_unavailable=max_unavailable,
-         on_missing_data=on_missing_data, report_interval_s=report_interval_s)
+    plan(
+        fleet,
+        Target(reference="-", digest="sha256:" + "0" * 64, format="hf", served_name=name),
+        devices,
+        waves=waves,
+        bake_s=bake_s,
+        gate=gate,
+        select=select,
+        max_unavailable=max_unavailable,
+        on_missing_data=on_missing_data,
+        report_interval_s=report_interval_s,
+    )
     target = resolve_target(model, store=store, registry=registry, served_name=name, trust=trust, progress=progress)
-    rec = plan(fleet, target, devices, waves=waves, bake_s=bake_s, gate=gate, select=select,
-               max_unavailable=max_unavailable, on_missing_data=on_missing_data,
-               activate_timeout_s=activate_timeout_s, report_interval_s=report_interval_s, per_label=per_label)
-    rec.event(f"created: {target.source or target.reference} ({target.digest[:19]}) to {len(rec.order)} device(s) "
-              f"in {len(rec.cuts)} wave(s) {[n for n in rec.cuts]}")
+    rec = plan(
+        fleet,
+        target,
+        devices,
+        waves=waves,
+        bake_s=bake_s,
+        gate=gate,
+        select=select,
+        max_unavailable=max_unavailable,
+        on_missing_data=on_missing_data,
+        activate_timeout_s=activate_timeout_s,
+        report_interval_s=report_interval_s,
+        per_label=per_label,
+    )
+    rec.event(
+        f"created: {target.source or target.reference} ({target.digest[:19]}) to {len(rec.order)} device(s) "
+        f"in {len(rec.cuts)} wave(s) {[n for n in rec.cuts]}"
+    )
     rstore.create(rec)
     if spawn:
         spawn_controller(store.home, rec.id, broker)
@@ -115,21 +177,29 @@ def spawn_controller(home: Path, rollout_id: str, broker: mqtt.Broker) -> int:
         env["SLMOPS_BROKER_CA"] = broker.ca_file
     proc = subprocess.Popen(
         [sys.executable, "-m", "slmops", "rollout", "resume", rollout_id, "--foreground", "--broker", broker.url],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
     )
     log.close()
     return proc.pid
 
 
-def drive(home: Path, rollout_id: str, broker: mqtt.Broker, *, tick_s: float = 0.5, stop: Any = None,
-          on_tick: Any = None) -> RolloutRecord:
+def drive(
+    home: Path, rollout_id: str, broker: mqtt.Broker, *, tick_s: float = 0.5, stop: Any = None, on_tick: Any = None
+) -> RolloutRecord:
     """Run the controller in this process until the roll-out ends, pauses or is aborted."""
     rstore = RolloutStore(home)
     rec = rstore.load(rollout_id)
     held = rstore.lease_holder(rec.fleet)
     if held:
-        raise LeaseHeld(f"fleet {rec.fleet!r} is already driven by a controller (pid {held.get('pid')}, "
-                        f"roll-out {held.get('rollout')}).", hint="Only one controller drives a fleet at a time.")
+        raise LeaseHeld(
+            f"fleet {rec.fleet!r} is already driven by a controller (pid {held.get('pid')}, "
+            f"roll-out {held.get('rollout')}).",
+            hint="Only one controller drives a fleet at a time.",
+        )
     view = FleetView(broker, rec.fleet).start()
     try:
         view.wait_synced(timeout=30)  # without a broker the controller waits in its loop
@@ -220,8 +290,12 @@ def fleet_status(home: Path, broker: mqtt.Broker, fleet: str) -> dict[str, Any]:
     recs = rstore.list(fleet)
     running = [r for r in recs if not r.done]
     return {
-        "fleet": fleet, "devices": len(devices), "online": len(devices) - offline, "offline": offline,
-        "failed": failed, "versions": dict(sorted(versions.items(), key=lambda kv: -kv[1])),
+        "fleet": fleet,
+        "devices": len(devices),
+        "online": len(devices) - offline,
+        "offline": offline,
+        "failed": failed,
+        "versions": dict(sorted(versions.items(), key=lambda kv: -kv[1])),
         "rollouts": [r.summary() for r in running],
         "last_rollout": recs[-1].summary() if recs and recs[-1].done else None,
     }

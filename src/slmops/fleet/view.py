@@ -38,8 +38,9 @@ class DeviceView:
 class FleetView:
     """Subscribe to one fleet's device topics; safe to read from another thread."""
 
-    def __init__(self, broker: mqtt.Broker, fleet: str, *, keep_windows: int = 500_000,
-                 client_id: str | None = None) -> None:
+    def __init__(
+        self, broker: mqtt.Broker, fleet: str, *, keep_windows: int = 500_000, client_id: str | None = None
+    ) -> None:
         self.broker = broker
         self.fleet = protocol.check_name("fleet", fleet)
         self._lock = threading.Lock()
@@ -48,8 +49,9 @@ class FleetView:
         self._subscribed = threading.Event()
         self._last_msg = time.monotonic()
         self.malformed = 0
-        self.client = mqtt.make_client(broker, client_id=client_id, on_connect=self._on_connect,
-                                       on_message=self._on_message)
+        self.client = mqtt.make_client(
+            broker, client_id=client_id, on_connect=self._on_connect, on_message=self._on_message
+        )
         self.client.max_inflight_messages_set(1000)
         self.client.on_subscribe = self._on_subscribe
 
@@ -67,8 +69,12 @@ class FleetView:
 
     def _on_connect(self, client: Any) -> None:
         self._subscribed.clear()
-        client.subscribe([(protocol.fleet_wildcard(self.fleet, leaf), 0)
-                          for leaf in ("state", "desired", "availability", "telemetry")])
+        client.subscribe(
+            [
+                (protocol.fleet_wildcard(self.fleet, leaf), 0)
+                for leaf in ("state", "desired", "availability", "telemetry")
+            ]
+        )
 
     def _on_subscribe(self, *args: Any) -> None:
         self._last_msg = time.monotonic()
@@ -125,8 +131,11 @@ class FleetView:
     def devices(self) -> dict[str, DeviceView]:
         """A snapshot: device id -> view (only devices that have reported a state)."""
         with self._lock:
-            return {d: DeviceView(v.device_id, v.state, v.desired, v.online, v.last_seen, v.last_telemetry)
-                    for d, v in self._devices.items() if v.state is not None}
+            return {
+                d: DeviceView(v.device_id, v.state, v.desired, v.online, v.last_seen, v.last_telemetry)
+                for d, v in self._devices.items()
+                if v.state is not None
+            }
 
     def windows_since(self, since: float) -> list[Window]:
         with self._lock:
@@ -141,8 +150,9 @@ class FleetView:
         infos = []
         for device_id, ds in states.items():
             payload = ds.to_payload() if ds is not None else b""
-            infos.append(self.client.publish(protocol.desired_topic(self.fleet, device_id), payload, qos=1,
-                                             retain=True))
+            infos.append(
+                self.client.publish(protocol.desired_topic(self.fleet, device_id), payload, qos=1, retain=True)
+            )
         deadline = time.monotonic() + timeout
         for info in infos:
             try:
@@ -162,8 +172,10 @@ def snapshot(broker: mqtt.Broker, fleet: str, timeout: float = 10.0) -> dict[str
     try:
         view.start()
         if not view.wait_synced(timeout):
-            raise mqtt.BrokerError(f"cannot reach the MQTT broker at {broker.url} (no answer in {timeout:.0f}s).",
-                                   "Start one with `slmops fleet up` or pass --broker mqtt://HOST:PORT.")
+            raise mqtt.BrokerError(
+                f"cannot reach the MQTT broker at {broker.url} (no answer in {timeout:.0f}s).",
+                "Start one with `slmops fleet up` or pass --broker mqtt://HOST:PORT.",
+            )
         return view.devices()
     finally:
         view.close()
