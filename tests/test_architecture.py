@@ -16,10 +16,10 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 # Lowest first; a module may import from its own layer or any layer below. Keep in step with
 # the README's "Architecture" section.
 LAYERS: list[set[str]] = [
-    {"errors"},
+    {"errors", "files"},  # the error family; atomic writes and file hashing
     {"models"},  # the store, catalog, loaders: records and folders, no inference
     {"engines"},  # inference backends and the request/result types every layer above uses
-    {"", "data"},  # "" = the top-level modules: the public API facade (slmops/__init__), generate
+    {"", "data"},  # "" = top-level modules: the API facade (slmops/__init__), generate, checks
     {"train"},
     {"evaluate"},
     {"optimize"},  # uses evaluate for quality/task checks

@@ -108,7 +108,7 @@ def test_models_alias_show_and_delete(imported: dict, tiny_model_dir: Path):
 
 def test_models_rm_one_version(imported: dict, tiny_model_dir: Path):
     cli("models", "import", str(tiny_model_dir), "--name", "tiny")
-    assert cli_json("models", "rm", "tiny:1") == {"removed": ["tiny:1"]}
+    assert cli_json("models", "rm", "tiny:1")["removed"] == ["tiny:1"]
     assert not Path(imported["path"]).exists()
     assert [r["ref"] for r in cli_json("models", "list")["store"]] == ["tiny:2"]
     assert "removed tiny:2" in cli("models", "rm", "tiny").stdout

@@ -20,7 +20,7 @@ from tests.test_remote_engine import Failure, FakeOpenAI, Handler
 
 THANKS = [{**t, "prompt": t["prompt"] + " Thanks."} for t in TICKETS]
 GOLD = {t["prompt"]: t["answer"] for t in TICKETS + THANKS}
-RETRY_NOW = {"Retry-After": "0"}  # no backoff wait in the test
+RETRY_NOW = {"retry-after-ms": "10"}  # no backoff wait in the test
 
 
 def _label(body: dict[str, Any]) -> str:

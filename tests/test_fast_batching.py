@@ -197,3 +197,35 @@ def test_prefix_cache_keys_on_every_earlier_token_and_the_namespace():
     assert cache.lookup([1, 2, 3, 4, 9], "a")[0] == 4
     assert cache.lookup([1, 2, 7, 4, 9], "a")[0] == 2  # the second block differs
     assert cache.lookup([1, 2, 3, 4], "a")[0] == 2  # the last token is always prefilled
+
+
+# -- the torch engine's prefix cache ----------------------------------------------------------
+def test_torch_prefix_cache_hits_give_the_same_tokens_as_misses(tiny_model_dir: Path):
+    from slmops.engines.torch_engine import TorchEngine
+
+    eng = TorchEngine.from_path(tiny_model_dir, threads=1)
+    reqs = _requests(seed=5, temperature=1.0)
+    cold = []
+    for r in reqs:
+        eng.prefix_cache.clear()
+        cold.append(_view(eng.generate([r]))[0])
+    eng.prefix_cache.clear()
+    together = _view(eng.generate(reqs))  # arriving together: the shared system prompt prefilled once
+    assert eng.prefix_cache.stats.hits >= 4
+    hits = eng.prefix_cache.stats.hits
+    warm = [_view(eng.generate([r]))[0] for r in reqs]  # one at a time, all from the cache
+    assert eng.prefix_cache.stats.hits - hits == 5
+    assert together == cold and warm == cold
+    eng.prefix_cache = None  # switched off: the same again
+    assert _view(eng.generate(reqs)) == cold
+
+
+def test_torch_prefix_cache_stays_within_a_small_budget(tiny_model_dir: Path):
+    from slmops.engines.torch_engine import TorchEngine
+
+    eng = TorchEngine.from_path(tiny_model_dir, threads=1)
+    eng.prefix_cache = PrefixCache(budget_bytes=3 * 2 * 2 * 2 * 16 * 16 * 4, block=16)  # 3 blocks of 2 layers
+    reqs = [GenerationRequest(prompt=f"{i} " * 40, params=GenerationParams(max_tokens=3)) for i in range(4)]
+    expected = [_view(eng.generate([r]))[0] for r in reqs]
+    assert eng.prefix_cache.bytes <= eng.prefix_cache.budget_bytes and eng.prefix_cache.stats.evictions > 0
+    assert [_view(eng.generate([r]))[0] for r in reqs] == expected

@@ -19,11 +19,14 @@ base_dir, base, data = ft.base_dir, ft.base, ft.data  # the tiny base model and 
 SETTINGS = dict(max_steps=6, eval_split=0.34, eval_interval=2, save_interval=3, packing=False, lr=1e-2)
 
 
-def test_two_processes_train_like_one_with_the_same_global_batch(store, base, data, home):
+@pytest.mark.parametrize("ddp", ["", "1"], ids=["flat-all-reduce", "DistributedDataParallel"])
+def test_two_processes_train_like_one_with_the_same_global_batch(store, base, data, home, ddp):
+    """The CPU default sums gradients with one flat all-reduce; SLMOPS_DDP=1 takes the GPU path's
+    DistributedDataParallel (on gloo here): both follow the single-process trajectory."""
     args = ["--model", base, "--data", str(data), "--output", "ddp", "--text-template", TEMPLATE, "--batch-size", "2",
             "--max-steps", "6", "--eval-split", "0.34", "--eval-interval", "2", "--save-interval", "3",
             "--no-packing", "--lr", "0.01", "--lora-alpha", "64", "--json"]  # fmt: skip
-    env = {**os.environ, "SLMOPS_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "SLMOPS_HOME": str(home), "OMP_NUM_THREADS": "1", "SLMOPS_DDP": ddp}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "slmops"]
     proc = subprocess.run([*cmd, "finetune", *args], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -39,3 +42,22 @@ def test_two_processes_train_like_one_with_the_same_global_batch(store, base, da
     assert losses(run_dir) == pytest.approx(losses(single.run_dir), rel=1e-4)
     assert losses(run_dir, "eval_loss") == pytest.approx(losses(single.run_dir, "eval_loss"), rel=1e-4)
     assert out["tokens"] == single.tokens and out["eval_loss"] == pytest.approx(single.eval_loss, rel=1e-4)
+
+
+def test_a_single_process_and_a_cpu_group_keep_the_flat_path(monkeypatch):
+    from slmops.train.batches import collate
+    from slmops.train.distributed import Dist, _ddp_wanted, distributed
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with distributed() as dist:
+        assert (dist.world, dist.device, dist.ddp) == (1, "cpu", False)
+        assert dist.wrap(object(), lambda m, b: None) is None  # nothing to wrap in one process
+    assert Dist(world=2, ddp=False).wrap(object(), lambda m, b: None) is None
+    monkeypatch.delenv("SLMOPS_DDP", raising=False)
+    assert _ddp_wanted(True) and not _ddp_wanted(False)  # DDP on GPU, flat all-reduce on CPU
+    monkeypatch.setenv("SLMOPS_DDP", "0")
+    assert not _ddp_wanted(True)
+    from slmops.data.examples import Example
+
+    batch = collate([(Example([1, 2, 3], [1, 2, 3], "x"),)], 0)
+    assert batch.to("cpu") is batch

@@ -85,7 +85,9 @@ def test_validate_against_a_url_passes_and_fails_on_the_format(url_server, qa_fi
     assert by["task_metric"].figure.startswith("token_f1 ") and by["task_metric"].threshold == ">= 0"
     assert by["edge_cases"].figure == f"0/{len(edge_cases('tiny'))} answered 5xx"
     statuses = by["edge_cases"].values
-    assert statuses["malformed JSON"] == statuses["empty messages"] == 400 and statuses["unknown model"] == 404
+    assert statuses["malformed JSON"] == statuses["empty messages"] == statuses["unenforceable JSON schema"] == 400
+    assert statuses["tool message without a call"] == 400 and statuses["unknown model"] == 404
+    assert statuses["empty text prompt"] == 200  # completions are not templated: an empty prompt starts from BOS
     assert statuses["control characters"] == statuses["unusual Unicode"] == 200
     assert statuses["normal request after"] == 200 and "400" in by["edge_cases"].detail
     assert by["memory_soak"].status == "skip"  # a URL's process is not ours to measure
@@ -120,3 +122,12 @@ def test_validate_cli_soaks_its_own_server_and_exits_1_on_failure(slmops_bin, se
                  "--min-score", "0", "--regex", "ZZZ", "--long-input-words", "40")  # fmt: skip
     assert bad.returncode == 1
     assert "output_format" in bad.stdout and "FAILED" in bad.stdout
+
+
+def test_validate_json_schema_asks_with_response_format_so_even_a_random_model_passes(url_server, qa_file, tmp_path):
+    schema = tmp_path / "answer.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"a": {"enum": ["x", "y"]}}, "required": ["a"]}))
+    cfg = dict(target=url_server.url + "/v1#tiny", eval=str(qa_file), min_score=0.0, json_schema=str(schema),
+               long_input_words=40, latency_requests=3, max_latency_ratio=50)  # fmt: skip
+    check = {c.name: c for c in run_validate(ValidateConfig(**cfg)).checks}["output_format"]
+    assert check.status == "pass" and check.figure == "100.0%", check

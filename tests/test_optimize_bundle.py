@@ -10,8 +10,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from slmops.errors import SlmopsError
+from slmops.files import file_sha256
 from slmops.models.artifacts import import_model
-from slmops.models.pull import sha256_file
 from slmops.optimize import optimize
 from slmops.optimize.bundle import (
     FAMILIES,
@@ -33,7 +33,7 @@ def test_ollama_bundle_has_gguf_modelfile_and_manifest(store, tiny_model_dir: Pa
     assert 'PARAMETER stop "<|im_end|>"' in modelfile and "<|im_start|>" in modelfile
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk == manifest and manifest["parents"] == ["tiny:1"] and manifest["recipe"]["quant"] == "f16"
-    assert manifest["files"]["tiny-gguf-f16.gguf"] == sha256_file(out / "tiny-gguf-f16.gguf")
+    assert manifest["files"]["tiny-gguf-f16.gguf"] == file_sha256(out / "tiny-gguf-f16.gguf")
     with pytest.raises(SlmopsError, match="needs a onnx-genai model.*--to onnx"):
         export_bundle("tiny", "foundry", tmp_path / "foundry", store=store)
     with pytest.raises(SlmopsError, match="already exists"):

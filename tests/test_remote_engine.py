@@ -18,6 +18,8 @@ from slmops.engines.base import GenerationParams, GenerationRequest, Message
 from slmops.engines.remote import RemoteEngine
 from slmops.errors import EngineError
 
+RETRY_NOW = {"retry-after-ms": "10"}  # the server asks for a 10 ms wait: no backoff in the test
+
 # -- fake OpenAI server -----------------------------------------------------------------
 
 
@@ -31,7 +33,7 @@ class Failure:
 @dataclass
 class Call:
     path: str
-    headers: dict[str, str]
+    headers: dict[str, str]  # names lower-cased
     body: dict[str, Any]
     started: float
 
@@ -77,7 +79,8 @@ class Handler(BaseHTTPRequestHandler):
         fake: FakeOpenAI = self.server.fake
         raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         body = json.loads(raw)
-        failure = fake.start_call(Call(self.path, dict(self.headers), body, time.monotonic()))
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        failure = fake.start_call(Call(self.path, headers, body, time.monotonic()))
         self._ended = False
         try:
             time.sleep(fake.delay(body))
@@ -197,7 +200,7 @@ def make_engine(base_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Call
     engines: list[RemoteEngine] = []
 
     def make(**kwargs: Any) -> RemoteEngine:
-        settings: dict[str, Any] = {"base_url": base_url, "model": "tiny", "backoff": 0.0, "timeout": 5.0}
+        settings: dict[str, Any] = {"base_url": base_url, "model": "tiny", "timeout": 5.0}
         engine = RemoteEngine(**{**settings, **kwargs})
         engines.append(engine)
         return engine
@@ -221,7 +224,7 @@ def test_chat_request_sends_sampling_fields_and_auth(
 
     [call] = fake.calls
     assert call.path == "/v1/chat/completions"
-    assert call.headers["Authorization"] == "Bearer sk-test"
+    assert call.headers["authorization"] == "Bearer sk-test"
     assert call.body == {
         "model": "tiny",
         "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi there"}],
@@ -244,7 +247,7 @@ def test_prompt_request_goes_to_completions_and_omits_empty_stop_and_seed(
 
     [call] = fake.calls
     assert call.path == "/v1/completions"
-    assert "Authorization" not in call.headers
+    assert "authorization" not in call.headers
     assert call.body == {
         "model": "tiny",
         "prompt": "one two three",
@@ -260,7 +263,7 @@ def test_api_key_falls_back_to_environment(
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-from-env")
     make_engine().generate([GenerationRequest.chat("hi")])
-    assert fake.calls[0].headers["Authorization"] == "Bearer sk-from-env"
+    assert fake.calls[0].headers["authorization"] == "Bearer sk-from-env"
 
 
 def test_length_finish_reason_and_missing_usage(fake: FakeOpenAI, make_engine: Callable[..., RemoteEngine]) -> None:
@@ -307,7 +310,14 @@ def test_rate_limit_spaces_request_starts(fake: FakeOpenAI, make_engine: Callabl
     assert elapsed >= 0.15
     arrivals = sorted(call.started for call in fake.calls)
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-    assert min(gaps) >= 0.03
+    assert min(gaps) >= 0.025  # 0.05 s apart when sent; arrival adds scheduling jitter on a loaded machine
+
+
+def test_every_retry_passes_through_the_rate_limit(fake: FakeOpenAI, make_engine: Callable[..., RemoteEngine]) -> None:
+    fake.failures = [Failure(503, headers=RETRY_NOW)] * 2
+    make_engine(requests_per_second=10).generate([GenerationRequest.chat("hi")])
+    gaps = [b.started - a.started for a, b in itertools.pairwise(fake.calls)]
+    assert len(fake.calls) == 3 and min(gaps) >= 0.075  # 0.1 s apart when sent
 
 
 # -- retries and errors -----------------------------------------------------------------------
@@ -317,27 +327,40 @@ def test_rate_limit_spaces_request_starts(fake: FakeOpenAI, make_engine: Callabl
 def test_retryable_status_is_retried_until_success(
     status: int, fake: FakeOpenAI, make_engine: Callable[..., RemoteEngine]
 ) -> None:
-    fake.failures = [Failure(status, {"error": {"message": "busy"}}, {"Retry-After": "0"})] * 2
-    [result] = make_engine(max_retries=3, backoff=5.0).generate([GenerationRequest.chat("hi")])  # Retry-After wins
+    fake.failures = [Failure(status, {"error": {"message": "busy"}}, RETRY_NOW)] * 2
+    started = time.monotonic()
+    [result] = make_engine(max_retries=3).generate([GenerationRequest.chat("hi")])
+    assert time.monotonic() - started < 0.3  # the server's retry-after-ms wins over the backoff
     assert result.text == "echo: hi"
     assert len(fake.calls) == 3
 
 
-def test_backoff_grows_exponentially_without_retry_after(
+def test_backoff_grows_exponentially_with_jitter_without_retry_after(
     fake: FakeOpenAI, make_engine: Callable[..., RemoteEngine]
 ) -> None:
+    """The openai client's backoff: 0.5 s, then 1 s, each cut by up to 25% at random."""
     fake.failures = [Failure(500), Failure(502)]
-    started = time.monotonic()
-    make_engine(max_retries=2, backoff=0.05).generate([GenerationRequest.chat("hi")])
-    assert time.monotonic() - started >= 0.05 + 0.10 - 0.01
+    make_engine(max_retries=2).generate([GenerationRequest.chat("hi")])
     assert len(fake.calls) == 3
+    first, second = (b.started - a.started for a, b in itertools.pairwise(fake.calls))
+    assert 0.375 - 0.01 <= first <= 0.5 + 0.2 and 0.75 - 0.01 <= second <= 1.0 + 0.2
 
 
 def test_retry_after_header_is_honoured(fake: FakeOpenAI, make_engine: Callable[..., RemoteEngine]) -> None:
     fake.failures = [Failure(429, headers={"Retry-After": "0.2"})]
     started = time.monotonic()
-    make_engine(backoff=0.0).generate([GenerationRequest.chat("hi")])
+    make_engine().generate([GenerationRequest.chat("hi")])
     assert time.monotonic() - started >= 0.18
+
+
+def test_an_http_date_retry_after_is_honoured(fake: FakeOpenAI, make_engine: Callable[..., RemoteEngine]) -> None:
+    from email.utils import formatdate
+
+    fake.failures = [Failure(503, headers={"Retry-After": formatdate(time.time() + 2, usegmt=True)})]
+    started = time.monotonic()
+    [result] = make_engine().generate([GenerationRequest.chat("hi")])
+    assert result.text == "echo: hi" and len(fake.calls) == 2
+    assert time.monotonic() - started >= 0.95  # whole seconds: between 1 and 2 s from now
 
 
 def test_client_error_is_not_retried_and_names_the_server_message(
@@ -387,7 +410,7 @@ def test_connection_refused_is_reported_with_the_url() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}/v1"
-    engine = RemoteEngine(url, "tiny", max_retries=1, backoff=0.0)
+    engine = RemoteEngine(url, "tiny", max_retries=1)
     with engine, pytest.raises(EngineError, match=r"2 attempts.*ConnectError") as info:
         engine.generate([GenerationRequest(prompt="x")])
     assert url in (info.value.hint or "")
@@ -457,7 +480,7 @@ def test_multibyte_utf8_survives_streaming(fake: FakeOpenAI, make_engine: Callab
 
 
 def test_stream_retries_before_the_first_byte(fake: FakeOpenAI, make_engine: Callable[..., RemoteEngine]) -> None:
-    fake.failures = [Failure(503, headers={"Retry-After": "0"})]
+    fake.failures = [Failure(503, headers=RETRY_NOW)]
     chunks = list(make_engine(max_retries=1).stream(GenerationRequest.chat("hi")))
     assert "".join(c.text for c in chunks) == "echo: hi"
     assert len(fake.calls) == 2
@@ -478,14 +501,6 @@ def test_count_tokens_is_a_character_estimate(make_engine: Callable[..., RemoteE
     assert engine.count_tokens(GenerationRequest(prompt="x" * 40)) == 10
     assert engine.count_tokens(GenerationRequest.chat("y" * 20, system="z" * 20)) == 10
     assert engine.count_tokens(GenerationRequest(prompt="")) == 1
-
-
-def test_sse_parser_handles_byte_splits_crlf_and_multiline_data() -> None:
-    from slmops.engines.remote import _sse_data
-
-    raw = "event: x\r\ndata: 世界\r\n\r\n: comment\n\ndata: a\ndata: b\n\ndata: [DONE]".encode()
-    one_byte_chunks = [raw[i : i + 1] for i in range(len(raw))]
-    assert list(_sse_data(one_byte_chunks)) == ["世界", "a\nb", "[DONE]"]
 
 
 def test_abandoned_stream_releases_the_connection(fake: FakeOpenAI, make_engine: Callable[..., RemoteEngine]) -> None:

@@ -150,12 +150,23 @@ def test_regression_on_one_label_value_is_caught_per_label(tmp_path):
 def test_missing_telemetry_fails_safe_unless_continue(tmp_path):
     clock = Clock()
     fleet = FakeFleet(4, clock)
-    store, _ = _start(tmp_path, fleet, waves="100%")  # nothing left on the old version: no baseline yet
+    gate = "ttft_ms <= 1.2 * baseline.ttft_ms"  # the devices never report ttft
+    store, _ = _start(tmp_path, fleet, waves="100%", gate=gate)
     out = _drive(store, fleet, clock)
-    assert out.status == "failed" and "no value for baseline.probe_score" in out.reason
+    assert out.status == "failed" and "no value for ttft_ms, baseline.ttft_ms" in out.reason
+    assert "failing safe" in out.reason and set(fleet.active.values()) == {OLD}
     fleet2 = FakeFleet(4, clock)
-    store2, _ = _start(tmp_path / "b", fleet2, waves="100%", on_missing_data="continue")
+    store2, _ = _start(tmp_path / "b", fleet2, waves="100%", gate=gate, on_missing_data="continue")
     assert _drive(store2, fleet2, clock).status == "succeeded"
+
+
+def test_single_wave_compares_with_the_window_before_the_rollout(tmp_path):
+    clock = Clock()
+    fleet = FakeFleet(6, clock, bad={"a": -20, "b": -20, "c": -20})
+    store, _ = _start(tmp_path, fleet, waves="100%")
+    out = _drive(store, fleet, clock)
+    assert out.status == "failed" and "60 >= 80 - 5" in out.reason
+    assert any("baseline before the roll-out" in e["text"] for e in out.events)
 
 
 def test_unavailable_devices_count_against_the_budget(tmp_path):
@@ -189,9 +200,11 @@ def test_broker_outage_pauses_and_restarts_the_bake(tmp_path):
     fleet = FakeFleet(10, clock)
     store, _ = _start(tmp_path, fleet, waves="100%", on_missing_data="continue")
     ctl = Controller(store, "ro-test", fleet, clock=clock)
-    for _ in range(3):
+    for _ in range(6):
         rec = ctl.tick()
         fleet.advance()
+        if rec.phase == "bake":
+            break
     assert rec.phase == "bake"
     fleet.connected = False
     for _ in range(20):
@@ -274,3 +287,22 @@ def test_second_controller_is_refused_by_the_lease(tmp_path):
         store.acquire("f", "ro-2", "token-b")
     store.release("f", "token-a")
     store.acquire("f", "ro-2", "token-b")
+
+
+def test_abort_keeps_active_devices_and_reverts_the_rest(tmp_path):
+    from slmops.fleet import rollouts
+
+    clock = Clock()
+    fleet = FakeFleet(6, clock, offline={"d03"})
+    store, _ = _start(tmp_path, fleet, waves="100%", max_unavailable="2")
+    ctl = Controller(store, "ro-test", fleet, clock=clock)
+    while ctl.tick().phase == "assign":  # the baseline window first, then the assignment
+        fleet.advance()
+    fleet.advance()
+    assert fleet.desired["d03"].digest == NEW  # retained: an offline device would get it on return
+    rec = rollouts.abort(tmp_path, "ro-test", io=fleet)
+    assert rec.status == "aborted"
+    assert "5 device(s) keep the new version, 1 not on it yet go back" in rec.events[-1]["text"]
+    assert fleet.desired["d03"].digest == OLD and fleet.desired["d03"].generation == 5
+    assert {d for d, ds in fleet.desired.items() if ds.digest == NEW} == set(fleet.labels) - {"d03"}
+    assert ctl.tick().status == "aborted"  # the controller stops on its next tick

@@ -148,3 +148,34 @@ def test_the_evaluations_page_draws_intervals_and_serving_without_endpoints_says
     assert c.get("/serving/0/sample").status_code == 404
     assert "No pipeline run" in c.get("/runs/nope").text and c.get("/runs/nope").status_code == 404
     assert c.get("/static/htmx.min.js").status_code == 200
+
+
+def test_the_fleet_page_reads_roll_out_records_and_changes_them_only_with_the_key(store: ModelStore) -> None:
+    from slmops.fleet.rollstore import RolloutRecord, RolloutStore, Target
+
+    digest = "sha256:" + "1" * 64
+    rec = RolloutRecord(
+        id="ro-20260101-000000-abcd", fleet="shop", waves=["1", "100%"], bake_s=2.0, gate="p95_ms <= 100",
+        target=Target(reference="oci://r/x@" + digest, digest=digest, format="gguf", served_name="x"),
+        order=["d1", "d2", "d3"], cuts=[1, 3], wave=1, phase="bake", touched=["d1"],
+        gates=[{"wave": 1, "at": 0.0, "passed": True, "results": [
+            {"group": "wave", "passed": True, "evaluated": "80 <= 100", "missing": [], "values": {}}],
+            "wave_values": {"p95_ms": 80.0, "devices": 1}, "baseline_values": {"p95_ms": 90.0, "devices": 2}}])
+    RolloutStore(store.home).create(rec)
+    c = _client(store, api_key=KEY)
+    assert "shop" in c.get("/fleet").text
+    assert "no MQTT broker" in c.get("/fleet/shop/panel").text
+    page = c.get(f"/fleet/rollouts/{rec.id}").text
+    assert 'data-wave="2"' in page and "80 &lt;= 100" in page and 'data-row="baseline"' in page
+    assert 'data-state="done"' in page and 'data-state="current"' in page
+    assert c.get("/fleet/rollouts/ro-nope").status_code == 404
+    origin = {"origin": "http://127.0.0.1:8080"}
+    assert c.post(f"/fleet/rollouts/{rec.id}/pause", headers=origin).status_code == 401
+    assert RolloutStore(store.home).load(rec.id).status == "running"
+    bearer = {"authorization": f"Bearer {KEY}", "hx-request": "true"}
+    r = c.post(f"/fleet/rollouts/{rec.id}/pause", headers=bearer)
+    assert r.status_code == 200 and 'data-status="paused"' in r.text
+    assert c.post(f"/fleet/rollouts/{rec.id}/pause", headers=bearer).status_code == 409  # already paused
+    assert c.post(f"/fleet/rollouts/{rec.id}/abort", headers=bearer).status_code == 200
+    assert RolloutStore(store.home).load(rec.id).status == "aborted"
+    assert c.post(f"/fleet/rollouts/{rec.id}/explode", headers=bearer).status_code == 409

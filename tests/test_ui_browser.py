@@ -224,6 +224,7 @@ def test_the_lineage_graph_shows_the_right_nodes(world: dict, browser) -> None:
         data_labels = {data.nth(i).get_attribute("data-label") for i in range(data.count())}
         assert "tickets.jsonl" in data_labels and any("synthetic" in x or x.endswith(".jsonl") for x in data_labels)
         assert "alias:router@prod" in labels
+        assert f"serve:{world['serve']}" in labels  # deployed: the watched server has it loaded
         assert p.page.locator("svg.lineage path.edge").count() >= 6
         # links: click the pulled base and see its descendants of both runs
         p.page.locator('svg.lineage g[data-label="tiny:1"] a').click()

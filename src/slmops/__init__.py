@@ -10,6 +10,8 @@ The Python API uses the CLI's names::
         [answer] = engine.generate([GenerationRequest.chat("What is the capital of France?")])
 """
 
+import logging
+
 from slmops.engines import (
     Engine,
     GenerationParams,
@@ -26,6 +28,10 @@ from slmops.models.pull import pull
 from slmops.models.store import ModelRecord, ModelStore
 
 __version__ = "0.1.0"
+
+# bitsandbytes, which peft and transformers import whenever it is installed, logs on import that an
+# optional CPU kernel package is missing: a hint for its developers, noise on every LoRA run's stderr.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 __all__ = [
     "CATALOG",

@@ -10,6 +10,7 @@ from typing import Any
 
 from slmops.data.records import write_jsonl_atomic
 from slmops.engines.base import Engine, GenerationRequest, GenerationResult
+from slmops.engines.batched import generate_batched
 
 
 @dataclass(frozen=True)
@@ -34,12 +35,9 @@ def generate_batches(
     batch_size: int = 32,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[list[GenerationResult], BatchSummary]:
-    results: list[GenerationResult] = []
     t0 = time.perf_counter()
-    for start in range(0, len(requests), batch_size):
-        results.extend(engine.generate(requests[start : start + batch_size]))
-        if on_batch:
-            on_batch(len(results))
+    results = [r for r in generate_batched(engine, requests, batch_size=batch_size, on_batch=on_batch,
+                                           stop_on_error=True) if r is not None]
     elapsed = time.perf_counter() - t0
     summary = BatchSummary(
         records=len(results),

@@ -23,6 +23,7 @@ from slmops.cli import distill as distill_cmds
 from slmops.cli import evaluate as evaluate_cmds
 from slmops.cli import finetune as finetune_cmds
 from slmops.cli import fleet as fleet_cmds
+from slmops.cli import gc as gc_cmds
 from slmops.cli import generate as generate_cmds
 from slmops.cli import keys as keys_cmds
 from slmops.cli import models as models_cmds
@@ -33,7 +34,7 @@ from slmops.cli import prune as prune_cmds
 from slmops.cli import rollout as rollout_cmds
 from slmops.cli import serve as serve_cmds
 from slmops.cli import ui as ui_cmds
-from slmops.cli.common import err_console, print_json
+from slmops.cli.common import err_console, print_json, reflow_app_help
 from slmops.errors import SlmopsError, error_json
 
 app = typer.Typer(
@@ -64,6 +65,7 @@ app.add_typer(fleet_cmds.app, name="fleet")
 app.add_typer(agent_cmds.app, name="agent")
 app.add_typer(keys_cmds.app, name="keys")
 app.add_typer(rollout_cmds.app, name="rollout")
+app.command("gc")(gc_cmds.gc_cmd)
 fleet_cmds.app.command("status")(rollout_cmds.fleet_status)
 fleet_cmds.app.command("simulate")(rollout_cmds.fleet_simulate)
 
@@ -99,3 +101,7 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+# last, once every command is registered: help paragraphs on one line (no mid-sentence breaks)
+reflow_app_help(app)

@@ -3,7 +3,9 @@ JSON output, and the store/engine openers."""
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 from typing import Annotated, Any
 
 import typer
@@ -41,6 +43,52 @@ def config_option(model: type[BaseModel], field: str, *extra: str, **kw: Any) ->
     default = None if info.is_required() else info.get_default(call_default_factory=True)
     shown = f" [default: {default}]" if default not in (None, False, [], ()) else ""
     return typer.Option(*names, help=f"{info.description}{shown}", show_default=False, **kw)
+
+
+_KEEP_BREAK = re.compile(r"^(\s|[-*•] |\d+[.)] |Example: )")
+
+
+def reflow_help(doc: str | None) -> str | None:
+    """A docstring as help text: each paragraph on one line (the terminal wraps it to its width),
+    so ``--help`` shows no line break in mid-sentence; list items, indented lines and the
+    closing ``Example:`` keep their own lines."""
+    if not doc:
+        return doc
+    out: list[str] = []
+    for line in inspect.cleandoc(doc).splitlines():
+        if out and out[-1].strip() and line.strip() and not _KEEP_BREAK.match(line):
+            out[-1] = f"{out[-1].rstrip()} {line.strip()}"
+        else:
+            out.append(line.rstrip())
+    return "\n".join(out)
+
+
+def reflow_app_help(app: typer.Typer) -> None:
+    """Apply :func:`reflow_help` to every command of ``app`` and its sub-apps, once, at start-up."""
+    for info in app.registered_commands:
+        if info.callback is not None:
+            info.callback.__doc__ = reflow_help(info.callback.__doc__)
+        info.help = reflow_help(info.help)
+    for group in app.registered_groups:
+        if group.typer_instance is not None:
+            group.typer_instance.info.help = reflow_help(group.typer_instance.info.help)
+            reflow_app_help(group.typer_instance)
+
+
+def field_option(model: type[BaseModel], field: str, *extra: str, **kw: Any) -> Any:
+    """The typer option of a config field, all from the field: ``--flag-name`` (plus ``extra``
+    names), the help text (its description), its default and its limits (``ge``/``le`` become
+    ``min``/``max``). Use as ``name: TYPE = field_option(Config, "name")``; ``kw`` overrides
+    (e.g. ``default=`` for a flag whose CLI spelling differs, ``envvar=``)."""
+    info = model.model_fields[field]
+    for bound in info.metadata:
+        for attr, opt in (("ge", "min"), ("gt", "min"), ("le", "max"), ("lt", "max")):
+            value = getattr(bound, attr, None)
+            if value is not None and isinstance(value, int | float):
+                kw.setdefault(opt, value)
+    default = kw.pop("default", ... if info.is_required() else info.get_default(call_default_factory=True))
+    kw.setdefault("help", info.description)
+    return typer.Option(default, "--" + field.replace("_", "-"), *extra, **kw)
 
 
 def open_store() -> ModelStore:

@@ -17,12 +17,12 @@ from slmops.cli.common import (
     ThreadsOpt,
     config_option,
     console,
-    human_size,
     open_store,
     print_json,
     status,
 )
 from slmops.cli.evaluate import render_table
+from slmops.cli.finetune import weights_text
 from slmops.cli.progress import GenerateBar, TrainBar
 from slmops.distill.config import GenerateConfig, make_generate_config
 from slmops.distill.generate import GenerateResult, run_generate
@@ -169,7 +169,7 @@ def train(
         f"{lineage['records']} synthetic records of {lineage['teacher']}"
         + (f", logit KD from {result.record.recipe['kd']['teacher']}" if "kd" in result.record.recipe else "")
         + f", {ft.steps} steps, train loss "
-        f"{ft.train_loss:.4f}, weights {human_size(ft.weight_bytes)}"
+        f"{ft.train_loss:.4f}, {weights_text(result.record, ft.weight_bytes)}"
     )
 
 

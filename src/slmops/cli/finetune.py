@@ -25,6 +25,7 @@ from slmops.cli.common import (
     print_json,
 )
 from slmops.cli.progress import TrainBar
+from slmops.models.store import ModelRecord
 from slmops.train import FinetuneConfig, FinetuneResult, SearchResult, load_config
 
 
@@ -118,6 +119,13 @@ def _search_table(res: SearchResult) -> Table:
     return table
 
 
+def weights_text(rec: ModelRecord, in_memory: int) -> str:
+    """What was saved: an adapter's own size on disk (its base is only borrowed), else the weights'."""
+    if rec.format == "peft-adapter":
+        return f"adapter {human_size(rec.size_bytes)} (trained on a {human_size(in_memory)} base in memory)"
+    return f"weights {human_size(rec.size_bytes)}"
+
+
 def _summary(result: FinetuneResult) -> None:
     rec = result.record
     eval_part = (
@@ -128,7 +136,7 @@ def _summary(result: FinetuneResult) -> None:
     console.print(
         f"registered [bold]{rec.ref}[/bold] ({rec.format}{', base ' + rec.parents[0] if rec.parents else ''}): "
         f"{result.steps} steps, train loss {result.train_loss:.4f}{eval_part}; "
-        f"{result.tokens_per_second:.0f} tokens/s, weights {human_size(result.weight_bytes)}, "
+        f"{result.tokens_per_second:.0f} tokens/s, {weights_text(rec, result.weight_bytes)}, "
         f"{human_count(result.trainable_parameters)} trained parameters"
         + (" (stopped early)" if result.stopped_early else "")
     )

@@ -28,10 +28,15 @@ from slmops.data.prompts import read_prompt_file
 from slmops.engines import open_engine
 from slmops.engines.adapters import parse_multi_ref
 from slmops.engines.base import Engine, GenerationRequest, Message
+from slmops.engines.grammar import load_schema_file, with_json_schema
 from slmops.errors import SlmopsError
 from slmops.generate import generate_batches, generate_file
 
 RefArg = Annotated[str, typer.Argument(help="Model: name, name:version, name@alias, a path, or an OpenAI URL#model.")]
+JsonSchemaOpt = Annotated[
+    Path | None,
+    typer.Option("--json-schema", help="Answer only JSON valid against this JSON Schema file (constrained decoding)."),
+]
 AdapterOpt = Annotated[
     str | None,
     typer.Option("--adapter", "-a", help="Use this LoRA adapter on the base REF (REF = BASE+A,B: one of those)."),
@@ -65,10 +70,14 @@ def generate(
     seed: SeedOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Prompts per batch for --input.")] = 32,
     adapter: AdapterOpt = None,
+    json_schema: JsonSchemaOpt = None,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Answer one prompt (streamed) or a whole prompts file (batched).
+
+    --json-schema FILE makes every answer a JSON document valid against that schema (constrained
+    decoding on local models; remote ones are sent it as response_format).
 
     Records in --input have a 'prompt' string or a 'messages' list; --output gets each
     record back with 'output', 'finish_reason' and token counts. --adapter NAME answers with
@@ -81,6 +90,8 @@ def generate(
     if input is not None and output is None:
         raise SlmopsError("--input needs --output to write the answers to.", "Add --output answers.jsonl.")
     params = make_params(max_tokens, temperature, top_p, stop, seed)
+    if json_schema is not None:
+        params = with_json_schema(params, load_schema_file(json_schema))
     # validate the whole prompts file before loading (or pulling) a model
     pairs = read_prompt_file(input, params, raw=raw, system=system) if input is not None else []
     pairs = [(rec, replace(req, adapter=adapter)) for rec, req in pairs]

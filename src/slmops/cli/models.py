@@ -9,17 +9,41 @@ import typer
 from rich.table import Table
 
 from slmops.cli.common import JsonOpt, console, human_count, human_size, open_store, print_json, status
+from slmops.errors import SlmopsError
 from slmops.models.artifacts import import_model
 from slmops.models.catalog import CATALOG
 from slmops.models.pull import pull
-from slmops.models.refs import validate_name
-from slmops.models.store import ModelRecord
+from slmops.models.refs import parse_ref, validate_name
+from slmops.models.store import ModelRecord, folder_size
 
 app = typer.Typer(help="List, pull, import, inspect, alias and remove models.", no_args_is_help=True)
 
 
-def _children(records: list[ModelRecord], parent: ModelRecord) -> list[ModelRecord]:
-    return [r for r in records if parent.ref in r.parents]
+def store_tree(records: list[ModelRecord]) -> list[tuple[int, ModelRecord]]:
+    """Every record once, with its depth: a model whose parents are not in the store at the top,
+    each derived model (adapter, pruned, optimized, distilled) under its first parent in the store."""
+    refs = {r.ref for r in records}
+    children: dict[str, list[ModelRecord]] = {}
+    roots = []
+    for r in records:
+        parent = next((p for p in r.parents if p in refs and p != r.ref), None)
+        (children.setdefault(parent, []) if parent else roots).append(r)
+    out: list[tuple[int, ModelRecord]] = []
+    seen: set[str] = set()
+
+    def walk(r: ModelRecord, depth: int) -> None:
+        if r.ref in seen:
+            return
+        seen.add(r.ref)
+        out.append((depth, r))
+        for c in children.get(r.ref, []):
+            walk(c, depth + 1)
+
+    for r in roots:
+        walk(r, 0)
+    for r in records:  # a parent cycle (not made by slmops) still shows every record
+        walk(r, 0)
+    return out
 
 
 @app.command("list")
@@ -58,22 +82,11 @@ def list_models(as_json: JsonOpt = False) -> None:
     table = Table(title=f"Store ({store.home})")
     for col in ("ref", "format", "size", "params", "aliases", "created"):
         table.add_column(col, no_wrap=col in ("ref", "format", "size", "params"))
-    children = {c.ref for r in records for c in _children(records, r)}
-    for r in records:
-        if r.ref in children:
-            continue
+    for depth, r in store_tree(records):
         table.add_row(
-            r.ref, r.format, human_size(r.size_bytes), human_count(r.parameters), ",".join(r.aliases), r.created_at[:10]
+            f"{'  ' * depth}{'└ ' if depth else ''}{r.ref}", r.format, human_size(r.size_bytes),
+            human_count(r.parameters), ",".join(r.aliases), r.created_at[:10],
         )
-        for c in _children(records, r):
-            table.add_row(
-                f"  └ {c.ref}",
-                c.format,
-                human_size(c.size_bytes),
-                human_count(c.parameters),
-                ",".join(c.aliases),
-                c.created_at[:10],
-            )
     console.print(table if records else "[dim]The store is empty: `slmops models pull smollm2-135m-instruct`.[/dim]")
 
 
@@ -269,15 +282,26 @@ def rm(
     force: Annotated[bool, typer.Option("--force", help="Remove even if other models depend on it.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Remove a model version, or every version of a name, from the store.
+    """Remove a model version, or every version of a name, from the store; with its last version go the
+    run folders only it used ($SLMOPS_HOME/runs/finetune-NAME/ and the like). `slmops gc` reclaims the rest.
 
     Example: slmops models rm support-bot:1
     """
-    gone = open_store().remove(ref, force=force)
+    store = open_store()
+    try:
+        name = str(parse_ref(ref, allow_path=False).name)
+        runs = {folder: folder_size(folder) for folder in store.run_folders(name)}
+    except (SlmopsError, ValueError):
+        runs = {}  # store.remove names the problem
+    gone = store.remove(ref, force=force)
+    freed_runs = [folder for folder in runs if not folder.exists()]
+    freed = sum(r.size_bytes for r in gone) + sum(runs[f] for f in freed_runs)
     if as_json:
-        print_json({"removed": [r.ref for r in gone]})
+        print_json({"removed": [r.ref for r in gone], "run_folders": [str(f) for f in freed_runs],
+                    "freed_bytes": freed})
     else:
-        console.print("removed " + ", ".join(r.ref for r in gone))
+        extra = f" and {', '.join('runs/' + f.name for f in freed_runs)}" if freed_runs else ""
+        console.print(f"removed {', '.join(r.ref for r in gone)}{extra} ({human_size(freed)} freed)")
 
 
 @app.command("alias")

@@ -10,8 +10,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from slmops.cli.common import JsonOpt, ThreadsOpt, console, open_store, print_json, status
+from slmops.cli.common import JsonOpt, ThreadsOpt, console, field_option, open_store, print_json, status
 from slmops.evaluate.tasks import TASKS
+from slmops.ops.loadtest import BenchConfig
+from slmops.ops.validate import ValidateConfig
 
 TargetArg = Annotated[str, typer.Argument(
     help="A store reference (served here on a free local port) or a server URL: http://host:port/v1[#model].")]
@@ -23,20 +25,16 @@ ApiKeyOpt = Annotated[str | None, typer.Option(
 
 def bench(
     target: TargetArg,
-    concurrency: Annotated[str, typer.Option(
-        "--concurrency", help="Concurrent clients per level, comma-separated.")] = "1,2,4,8,16",
-    requests_per_client: Annotated[int, typer.Option(
-        "--requests-per-client", min=1, help="Streaming requests each client sends per level, one after another.")
-    ] = 2,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="max_tokens of every request.")] = 64,
-    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Requests sent before measuring.")] = 2,
+    concurrency: str = field_option(BenchConfig, "concurrency", default="1,2,4,8,16",
+                                    help="Concurrent clients per level, comma-separated."),
+    requests_per_client: int = field_option(BenchConfig, "requests_per_client"),
+    max_tokens: int = field_option(BenchConfig, "max_tokens"),
+    warmup: int = field_option(BenchConfig, "warmup"),
     model: ModelOpt = None,
     api_key: ApiKeyOpt = None,
-    max_batch_size: Annotated[int, typer.Option(
-        "--max-batch-size", min=1, help="Batch size of the server started for a store reference.")] = 16,
+    max_batch_size: int = field_option(BenchConfig, "max_batch_size"),
     threads: ThreadsOpt = None,
-    output: Annotated[Path | None, typer.Option(
-        "--output", "-o", help="Write bench.json, bench.md and bench.svg (tokens/s chart) here.")] = None,
+    output: Path | None = field_option(BenchConfig, "output", "-o"),
     as_json: JsonOpt = False,
 ) -> None:
     """Load-test an OpenAI-compatible server over a concurrency sweep.
@@ -47,7 +45,7 @@ def bench(
 
     Example: slmops bench smollm2-135m-instruct --concurrency 1,4 --max-tokens 32 --output bench-out
     """
-    from slmops.ops.loadtest import BenchConfig, parse_levels, run_bench
+    from slmops.ops.loadtest import parse_levels, run_bench
 
     config = BenchConfig(
         target=target, concurrency=parse_levels(concurrency), requests_per_client=requests_per_client,
@@ -80,35 +78,25 @@ def _num(value: float | int | None) -> str:
 
 def validate(
     target: TargetArg,
-    eval_file: Annotated[str, typer.Option(
-        "--eval", help="Domain queries with gold answers (JSONL/JSON/CSV/Parquet, or builtin:support-tickets).")],
-    task: Annotated[str, typer.Option("--task", "-t", help=f"Task type: {', '.join(TASKS)}.")] = "qa",
-    min_score: Annotated[float, typer.Option(
-        "--min-score", help="Least primary-metric score on the eval file (accuracy, token F1, ...).")] = 0.5,
-    labels: Annotated[str | None, typer.Option(
-        "--labels", help="Label set for classification, comma-separated (default: the gold labels seen).")] = None,
-    target_field: Annotated[str, typer.Option("--target-field", help="Field holding the gold answer.")] = "answer",
-    input_field: Annotated[str, typer.Option("--input-field", help="Field holding the input text.")] = "prompt",
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use only the first N eval records.")] = None,
-    max_tokens: Annotated[int | None, typer.Option(
-        "--max-tokens", min=1, help="Most tokens per eval answer (default: per task).")] = None,
-    regex: Annotated[str | None, typer.Option(
-        "--regex", help="Every answer must contain a match (anchor with ^...$ for the whole answer).")] = None,
-    json_schema: Annotated[Path | None, typer.Option(
-        "--json-schema", help="Every answer must be JSON valid against this schema file.")] = None,
-    min_format_rate: Annotated[float, typer.Option(
-        "--min-format-rate", min=0.0, max=1.0, help="Least share of answers in the right format.")] = 1.0,
-    soak_requests: Annotated[int, typer.Option(
-        "--soak-requests", min=1, help="Requests in the memory soak (after the warm-up).")] = 200,
-    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Requests before the soak's first reading.")] = 20,
-    max_rss_growth_pct: Annotated[float, typer.Option(
-        "--max-rss-growth-pct", min=0.0, help="Most resident-memory growth over the soak, in percent.")] = 5.0,
-    long_input_words: Annotated[int, typer.Option(
-        "--long-input-words", min=1, help="Words in the long input of the latency check.")] = 300,
-    max_latency_ratio: Annotated[float, typer.Option(
-        "--max-latency-ratio", min=0.0, help="Most median latency of long inputs over short ones.")] = 4.0,
-    concurrency: Annotated[int, typer.Option(
-        "--concurrency", min=1, help="Concurrent requests for the eval queries and the soak.")] = 4,
+    eval_file: str = field_option(ValidateConfig, "eval"),
+    task: str = field_option(ValidateConfig, "task", "-t", help=f"Task type: {', '.join(TASKS)}."),
+    min_score: float = field_option(ValidateConfig, "min_score"),
+    labels: str | None = field_option(ValidateConfig, "labels", default=None,
+                                      help="Label set for classification, comma-separated (default: the gold "
+                                           "labels seen)."),
+    target_field: str = field_option(ValidateConfig, "target_field"),
+    input_field: str = field_option(ValidateConfig, "input_field"),
+    limit: int | None = field_option(ValidateConfig, "limit"),
+    max_tokens: int | None = field_option(ValidateConfig, "max_tokens"),
+    regex: str | None = field_option(ValidateConfig, "regex"),
+    json_schema: Path | None = field_option(ValidateConfig, "json_schema"),
+    min_format_rate: float = field_option(ValidateConfig, "min_format_rate"),
+    soak_requests: int = field_option(ValidateConfig, "soak_requests"),
+    warmup: int = field_option(ValidateConfig, "warmup"),
+    max_rss_growth_pct: float = field_option(ValidateConfig, "max_rss_growth_pct"),
+    long_input_words: int = field_option(ValidateConfig, "long_input_words"),
+    max_latency_ratio: float = field_option(ValidateConfig, "max_latency_ratio"),
+    concurrency: int = field_option(ValidateConfig, "concurrency"),
     model: ModelOpt = None,
     api_key: ApiKeyOpt = None,
     threads: ThreadsOpt = None,
@@ -117,14 +105,14 @@ def validate(
     """Run the deployment checklist against a model or server; exit code 1 when a check fails.
 
     Checks: task metric on the eval file (--min-score), output format (--regex or
-    --json-schema), edge cases and malformed requests answered without a 5xx, latency of long
-    inputs against short ones, and resident-memory growth over a soak (only when it serves the
-    store reference itself).
+    --json-schema), edge cases and malformed requests answered without a 5xx, time to first
+    token growing no faster than linearly with the input length, and resident-memory growth
+    over a soak (only when it serves the store reference itself).
 
     Example: slmops validate smollm2-135m-instruct --eval builtin:support-tickets --task classification --min-score 0.1
     """
     from slmops.evaluate.tasks import parse_labels
-    from slmops.ops.validate import ValidateConfig, run_validate
+    from slmops.ops.validate import run_validate
 
     config = ValidateConfig(
         target=target, eval=eval_file, task=task, min_score=min_score, labels=parse_labels(labels),

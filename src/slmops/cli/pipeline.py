@@ -11,6 +11,7 @@ from rich.table import Table
 
 from slmops.cli.common import JsonOpt, console, err_console, open_store, print_json, status
 from slmops.cli.progress import GenerateBar, TrainBar
+from slmops.errors import SlmopsError
 from slmops.pipeline import (
     PipelineRun,
     compare_runs,
@@ -23,11 +24,13 @@ from slmops.pipeline import (
 )
 from slmops.pipeline.demo import run_demo
 from slmops.pipeline.report import case_study
+from slmops.pipeline.run import plan_pipeline
 from slmops.pipeline.steps import Observer
 
 runs_app = typer.Typer(help="List, show and compare pipeline runs.", no_args_is_help=True)
 
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a pipeline variable: NAME=VALUE (repeat).")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="Override a variable (NAME=VALUE) or a step's setting (steps.NAME.KEY=VALUE); repeat.")]
 ForceOpt = Annotated[list[str] | None, typer.Option("--force", help="Re-run this step even if cached (repeat; 'all').")]
 ReportToOpt = Annotated[list[str] | None, typer.Option("--report-to", help="Also track the run in: mlflow.")]
 ReportOpt = Annotated[Path | None, typer.Option("--report-dir", help="Also copy report.md and report.html here.")]
@@ -110,27 +113,60 @@ def _print_run(run: PipelineRun) -> None:
 
 
 def run_cmd(
-    file: Annotated[Path, typer.Argument(help="Pipeline YAML file.")],
+    file: Annotated[Path | None, typer.Argument(help="Pipeline YAML file.")] = None,
     set_: SetOpt = None,
     force: ForceOpt = None,
     report_dir: ReportOpt = None,
     report_to: ReportToOpt = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Only say which steps would run and which come from the cache.")] = False,
+    schema: Annotated[bool, typer.Option(
+        "--schema", help="Print the JSON Schema of pipeline files (for editors) and exit.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Run a pipeline: steps in order, each from the cache when its inputs and settings are
     unchanged; a gate that fails stops the run. A killed run, run again, resumes in the step it
     was in. The run's folder keeps the spec, the state, the logs and report.html / report.md.
 
-    Example: slmops run pipeline.yaml --set train_steps=40
+    --set overrides a variable (train_steps=40) or any step setting (steps.train.lr=0.0002);
+    --dry-run checks the file and lists what would run without running anything.
+
+    Example: slmops run pipeline.yaml --set train_steps=40 --set steps.eval.limit=20 --dry-run
     """
+    if schema:
+        from slmops.pipeline.schema import render
+
+        typer.echo(render(), nl=False)
+        return
+    if file is None:
+        raise SlmopsError("Give the pipeline file: slmops run FILE.",
+                          "`slmops demo --show-pipeline` prints an example; `slmops run --schema` its format.")
     spec = load_spec(file, parse_assignments(set_))
     store = open_store()
+    if dry_run:
+        _print_plan(plan_pipeline(spec, store=store, force=tuple(force or ())), spec.name, as_json)
+        return
     run = _execute(lambda obs: run_pipeline(spec, store=store, observer=obs, force=tuple(force or ()),
                                             report_dir=report_dir, report_to=tuple(report_to or ())), as_json)
     if as_json:
         print_json(run.to_dict())
     else:
         _print_run(run)
+
+
+def _print_plan(plan: list[Any], name: str, as_json: bool) -> None:
+    if as_json:
+        print_json({"pipeline": name, "steps": [p.to_dict() for p in plan]})
+        return
+    table = Table(title=f"dry run: {name}", title_justify="left")
+    for col in ("step", "kind", "would", "why"):
+        table.add_column(col)
+    for p in plan:
+        table.add_row(p.name, p.kind, "[green]come from the cache[/]" if p.status == "cached" else "[yellow]run[/]",
+                      p.reason)
+    console.print(table)
+    cached = sum(p.status == "cached" for p in plan)
+    console.print(f"{cached} of {len(plan)} steps from the cache, {len(plan) - cached} to run; nothing was run.")
 
 
 def demo(

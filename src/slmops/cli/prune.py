@@ -7,31 +7,28 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from slmops.cli.common import JsonOpt, ThreadsOpt, console, human_count, human_size, open_store, print_json, status
+from slmops.cli.common import (
+    JsonOpt,
+    ThreadsOpt,
+    console,
+    field_option,
+    human_count,
+    human_size,
+    open_store,
+    print_json,
+    status,
+)
 from slmops.optimize.prune import PruneConfig
 from slmops.optimize.prune import prune as run_prune
 
 
 def prune(
-    ref: Annotated[str, typer.Argument(help="Source model: name, name:version, name@alias or a path.")],
-    keep_layers: Annotated[
-        str, typer.Option("--keep-layers", "-k", help="Layers to keep: a count (12) or a fraction (0.6).")
-    ],
-    output: Annotated[
-        str | None, typer.Option("--output", "-o", help="Store name of the result (default: <source>-pruned-<N>l).")
-    ] = None,
-    calibration: Annotated[
-        str | None,
-        typer.Option(
-            "--calibration",
-            help="Calibration data: a .txt file, records (prompt/messages/text) or builtin:NAME "
-            "(default: built-in English text).",
-        ),
-    ] = None,
-    calibration_tokens: Annotated[
-        int, typer.Option("--calibration-tokens", help="Most calibration tokens to score with.")
-    ] = 2048,
-    seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per calibration sequence.")] = 512,
+    ref: Annotated[str, typer.Argument(help=PruneConfig.model_fields["ref"].description)],
+    keep_layers: str = field_option(PruneConfig, "keep_layers", "-k"),
+    output: str | None = field_option(PruneConfig, "output", "-o"),
+    calibration: str | None = field_option(PruneConfig, "calibration"),
+    calibration_tokens: int = field_option(PruneConfig, "calibration_tokens"),
+    seq_len: int = field_option(PruneConfig, "seq_len"),
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:

@@ -26,10 +26,6 @@ BrokerOpt = Annotated[str | None, typer.Option(
 FleetOpt = Annotated[str, typer.Option("--fleet", help="Fleet name.")]
 
 
-class RolloutFailed(SlmopsError):
-    exit_code = 1
-
-
 def _home() -> Path:
     return open_store().home
 
@@ -65,11 +61,19 @@ def _render(rec: RolloutRecord) -> Table:
 def _watch(home: Path, rollout_id: str, until_done: bool = True) -> RolloutRecord:
     rstore = RolloutStore(home)
     rec = rstore.load(rollout_id)
+    orphan_since: float | None = None
     with Live(_render(rec), console=err_console, refresh_per_second=2, transient=False) as live:
         while not rec.done and not (rec.status == "paused" and until_done):
             time.sleep(0.5)
             rec = rstore.load(rollout_id)
             live.update(_render(rec))
+            if rstore.lease_holder(rec.fleet) is None and not rec.done and rec.status != "paused":
+                orphan_since = orphan_since or time.monotonic()
+                if time.monotonic() - orphan_since > 30:
+                    raise SlmopsError(f"roll-out {rec.id} has no running controller (see "
+                                      f"{rstore.dir / (rec.id + '.log')}).", hint=f"`slmops rollout resume {rec.id}`.")
+            else:
+                orphan_since = None
     return rec
 
 
@@ -79,7 +83,7 @@ def _outcome(rec: RolloutRecord, as_json: bool) -> None:
     else:
         console.print(_render(rec))
     if rec.status == "failed":
-        raise RolloutFailed(f"roll-out {rec.id} failed: {rec.reason}")
+        raise rollouts.RolloutFailed(rec)
 
 
 @app.command("start")
@@ -216,12 +220,24 @@ def resume_cmd(
 
 
 @app.command("abort")
-def abort_cmd(rollout_id: Annotated[str, typer.Argument(help="Roll-out id.")], as_json: JsonOpt = False) -> None:
-    """Stop a roll-out where it is: devices already on the new version keep it, nothing else changes.
+def abort_cmd(rollout_id: Annotated[str, typer.Argument(help="Roll-out id.")], broker: BrokerOpt = None,
+              as_json: JsonOpt = False) -> None:
+    """Stop a roll-out where it is: devices already on the new version keep it; touched devices
+    not on it yet (offline, downloading) go back to their previous version.
 
     Example: slmops rollout abort ro-20260101-120000-ab12
     """
-    rec = rollouts.abort(_home(), rollout_id)
+    from slmops.fleet.view import FleetView
+
+    home = _home()
+    rec = rollouts.find(home, rollout_id)
+    view = FleetView(rollouts.find_broker(broker, home), rec.fleet).start()
+    try:
+        if not view.wait_synced(timeout=10):
+            raise SlmopsError(f"cannot reach the MQTT broker at {view.broker.url}; nothing was changed.")
+        rec = rollouts.abort(home, rollout_id, io=view)
+    finally:
+        view.close()
     print_json(rec.summary()) if as_json else console.print(
         f"roll-out {rec.id} aborted; {len(rec.touched)} device(s) keep the new version.")
 

@@ -27,11 +27,20 @@ def ui(
         typer.Option("--serve-api-key", envvar="SLMOPS_API_KEY",
                      help="The API key of those servers (for /metrics and canary weights); default: --api-key."),
     ] = None,
+    broker: Annotated[
+        str | None,
+        typer.Option("--broker", help="The fleet's MQTT broker, mqtt://HOST:PORT (default: $SLMOPS_BROKER, else what "
+                                      "`fleet up` recorded)."),
+    ] = None,
+    fleet: Annotated[
+        list[str] | None, typer.Option("--fleet", help="A fleet to show besides those with roll-outs (repeatable).")
+    ] = None,
     refresh: Annotated[float, typer.Option("--refresh", min=0.2, max=60, help="Seconds between live chart updates.")]
     = 1.0,
 ) -> None:
     """A web console: models and their lineage, runs and their reports, evaluations with
-    confidence intervals, live serving charts with canary weights (and the fleet when present).
+    confidence intervals, live serving charts with canary weights, and the fleet: devices and
+    roll-outs with pause / resume / abort / rollback (with --broker).
 
     Read-only pages need no key on loopback; changes need --api-key (sign in on the page), and
     a host other than loopback refuses to start without it. Every asset ships in the package.
@@ -43,7 +52,7 @@ def ui(
 
     config = UIConfig(host=host, port=port, api_key=api_key or None, serve=tuple(serve or ()),
                       serve_api_key=serve_api_key or None,
-                      refresh_s=refresh)
+                      refresh_s=refresh, broker=broker, fleets=tuple(fleet or ()))
     app = create_ui_app(open_store(), config)
     status(f"console on http://{host}:{port}/ ({'actions need the API key' if api_key else 'read-only'};"
            f" watching {len(config.serve)} serve endpoint(s))")

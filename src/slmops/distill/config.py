@@ -21,7 +21,10 @@ Task = Literal["classification", "nli", "qa", "conversation", "math", "summariza
 class GenerateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    teacher: str = Field(description="Teacher: store name, catalog name, path, or an OpenAI-compatible URL#model.")
+    teacher: str = Field(
+        description="Teacher: store name, catalog name, path, or an OpenAI-compatible URL#model "
+        "(several URLs, comma-separated, share the work)."
+    )
     data: str = Field(description="Input records (JSONL/JSON/CSV/Parquet) or builtin:NAME.")
     task: Task = Field(description="Task type: classification, nli, qa, conversation, math, summarization.")
     output: Path = Field(description="Synthetic data file (JSONL, appended to); rejects go to <stem>.rejected.jsonl.")
@@ -33,7 +36,9 @@ class GenerateConfig(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_tokens: int | None = Field(None, ge=1, description="Most tokens per teacher answer (default: per task).")
     batch_size: int = Field(8, ge=1, description="Teacher requests per batch (one durable append per batch).")
-    concurrency: int = Field(8, ge=1, description="Remote teacher: requests in flight at once (<= --batch-size).")
+    concurrency: int = Field(
+        8, ge=1, description="Remote teacher: requests in flight at once, per endpoint (<= --batch-size)."
+    )
     rps: float | None = Field(None, gt=0, description="Remote teacher: most requests started per second.")
     resume: bool = Field(False, description="Continue an interrupted run: finished records are skipped.")
     system: str | None = Field(None, description="System prompt for the teacher (overrides the recipe's).")
@@ -41,7 +46,9 @@ class GenerateConfig(BaseModel):
     cot: bool = Field(False, description="Math: ask for step-by-step reasoning; the student learns it too.")
     recipe: Path | None = Field(None, description="YAML/JSON file overriding the prompt recipe's keys.")
     regex: str | None = Field(None, description="Reject teacher answers that do not match this regular expression.")
-    json_schema: Path | None = Field(None, description="Reject teacher answers that are not JSON valid against it.")
+    json_schema: Path | None = Field(
+        None, description="Teacher answers are JSON valid against this schema (constrained; still checked)."
+    )
     vote: bool = Field(False, description="Keep an answer only when most of the --n samples agree on it.")
     seed: int = Field(0, description="Seed for sampling (each sample's seed also depends on its key).")
     threads: int | None = Field(None, ge=1, description="CPU threads for a local teacher.")
@@ -54,6 +61,9 @@ class GenerateConfig(BaseModel):
             problems.append("--n > 1 needs --temperature > 0 (greedy decoding gives n identical answers)")
         if self.vote and self.n < 2:
             problems.append("--vote needs --n 2 or more (3 or 5 is usual)")
+        parts = [p.strip() for p in self.teacher.split(",")]
+        if len(parts) > 1 and not all(p.startswith(("http://", "https://")) for p in parts):
+            problems.append("--teacher: several teachers (comma-separated) must all be OpenAI-compatible URLs")
         if self.cot and self.task != "math":
             problems.append("--cot is for --task math")
         if self.labels and self.task not in LABEL_TASKS:

@@ -25,11 +25,12 @@ from slmops.distill.journal import Journal, check_saved_recipe, side_path
 from slmops.distill.recipes import LABEL_TASKS, Prompter, canonical, digest, load_recipe
 from slmops.engines import open_engine
 from slmops.engines.base import Engine, GenerationParams, GenerationRequest, GenerationResult, Message
+from slmops.engines.grammar import with_json_schema
 from slmops.errors import DataError, SlmopsError
 from slmops.evaluate.builtin import resolve_data
 from slmops.evaluate.tasks import TASKS, infer_labels, parse_labels
+from slmops.files import file_sha256
 from slmops.models.store import ModelStore
-from slmops.train.lineage import file_sha256
 
 MAX_LISTED = 12
 
@@ -108,7 +109,7 @@ def run_generate(
     settings = {**prompter.settings(), "shots": [s.model_dump() for s in shots], "teacher": config.teacher,
                 "temperature": config.temperature, "top_p": config.top_p, "max_tokens": config.answer_tokens(),
                 "seed": config.seed, "regex": config.regex, "json_schema": schema,
-                "vote_n": config.n if config.vote else None}
+                "vote_n": config.n if config.vote else None, **({"constrained": True} if schema else {})}
     recipe_hash = digest(settings)[:16]
     units, duplicates = _units(config, prompter, located, shots, recipe_hash)
 
@@ -136,6 +137,8 @@ def run_generate(
         seen = journal.accepted_dedup_keys()
         params = GenerationParams(max_tokens=config.answer_tokens(), temperature=config.temperature,
                                   top_p=config.top_p, seed=config.seed)
+        if schema is not None:  # valid by construction: local teachers decode under it, remote ones get response_format
+            params = with_json_schema(params, schema)
         done = resumed
         try:
             for batch in _batches(todo, config.batch_size):
@@ -166,11 +169,19 @@ def run_generate(
 def open_teacher(config: GenerateConfig, store: ModelStore | None, say: Callable[[str], None]) -> Engine:
     """A remote teacher gets the run's concurrency and rate limit; a local one the engine's batching."""
     if config.remote:
+        from slmops.engines.fanout import FanoutEngine, split_endpoints
         from slmops.engines.remote import RemoteEngine
 
-        url, _, model = config.teacher.partition("#")
-        return RemoteEngine(url, model or "default", max_concurrency=config.concurrency,
-                            requests_per_second=config.rps)
+        endpoints = split_endpoints(config.teacher)
+        # several endpoints: a failed request moves to another one soon, instead of a long backoff
+        retries = {"max_retries": 1} if len(endpoints) > 1 else {}
+        engines = [RemoteEngine(url, model or "default", max_concurrency=config.concurrency,
+                                requests_per_second=config.rps, **retries)
+                   for url, _, model in (e.partition("#") for e in endpoints)]
+        if len(engines) == 1:
+            return engines[0]
+        say(f"teacher fan-out over {len(engines)} endpoints, {config.concurrency} requests in flight each")
+        return FanoutEngine(engines, endpoints, per_endpoint=config.concurrency)
     say(f"loading teacher {config.teacher}")
     return open_engine(config.teacher, store or ModelStore(), threads=config.threads, progress=say)
 
@@ -273,11 +284,13 @@ def _batches(units: Sequence[Unit], size: int) -> list[list[Unit]]:
 
 def _seeded(params: GenerationParams, key: str) -> GenerationParams:
     """Each sample gets its own seed from its key: the same answer alone, in any batch, after a resume."""
-    return GenerationParams(max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
-                            seed=(int(key[:8], 16) + (params.seed or 0)) % 2**31)
+    return replace(params, seed=(int(key[:8], 16) + (params.seed or 0)) % 2**31)
 
 
 def _generate(engine: Engine, requests: list[GenerationRequest], journal: Journal, done: int) -> list:
+    # no per-request retry here: the batch is journaled as a whole, a hard failure stops with
+    # the finished batches saved (``--resume`` continues), and transient errors are retried
+    # inside the engine (RemoteEngine); see :mod:`slmops.engines.batched` for the other callers
     try:
         return engine.generate(requests)
     except SlmopsError as exc:

@@ -2,9 +2,9 @@
 
 Reads top to bottom: validate the options; derive the student by pruning the teacher when asked
 (:func:`slmops.optimize.prune.prune`, calibrated on the training prompts); stage 1, the teacher
-answers the training prompts (:func:`slmops.distill.generate.run_generate`, resumable: a rerun
-reuses every answer already saved); stage 2, the student learns the accepted answers
-(:func:`slmops.distill.train.run_train`); then the teacher, the un-distilled student and the
+answers the training prompts (resumable: a rerun reuses every answer already saved); stage 2, the student learns the
+accepted answers (both stages: :func:`slmops.distill.stages.generate_then_train`, which the
+pipeline's ``distill`` step calls too); then the teacher, the un-distilled student and the
 distilled student are evaluated on the held-out test split
 (:func:`slmops.distill.report.distill_report`, which writes the Markdown/JSON/HTML reports).
 Each step is the library function the single commands call, so a pipeline can call them alone.
@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from slmops.distill.config import make_generate_config
-from slmops.distill.generate import GenerateResult, run_generate
+from slmops.distill.generate import GenerateResult
 from slmops.distill.report import DistillReport, distill_report
-from slmops.distill.train import DistillTrainResult, run_train
+from slmops.distill.stages import generate_then_train
+from slmops.distill.train import DistillTrainResult
 from slmops.errors import SlmopsError
 from slmops.evaluate.builtin import BUILTIN_DATASETS, BUILTIN_PREFIX, resolve_data
 from slmops.evaluate.run import default_report_dir
@@ -148,15 +149,12 @@ def run_distill(
         output=run_dir / "synthetic.jsonl", few_shot=config.few_shot, batch_size=16, threads=config.threads,
         limit=config.limit, resume=True,
     )
-    generated = timed("generate", lambda: run_generate(gen_config, store, progress=lambda e: notify("generate", e)))
-    if not generated.counts.get("accepted"):
-        rejected = ", ".join(f"{k} {v}" for k, v in generated.counts.items() if k != "accepted")
-        raise SlmopsError(f"The teacher {config.teacher} gave no usable answer ({rejected}); the student cannot train.",
-                          f"See the reasons in {generated.rejected_file}; check the teacher, --labels and the prompts.")
     train_options = {"method": config.method, "max_steps": config.max_steps, "lr": config.lr,
                      "batch_size": config.batch_size, **config.train_options}
-    trained = timed("train", lambda: run_train(student, [generated.output], output, store=store,
-                                               progress=lambda e: notify("train", e), **train_options))
+    two = generate_then_train(gen_config, student, output, train_options=train_options, store=store,
+                              on_generate=lambda e: notify("generate", e), on_train=lambda e: notify("train", e))
+    generated, trained = two.generate, two.train
+    timings.update(generate=two.generate_seconds, train=two.train_seconds)
     distilled = trained.record.ref
     report = timed("evaluate", lambda: distill_report(
         config.teacher, [student, distilled], config.test, config.task, store=store,

@@ -22,12 +22,12 @@ from typing import Any
 from slmops.data.records import write_jsonl_atomic
 from slmops.distill.journal import read_lines, side_path
 from slmops.errors import DataError
+from slmops.files import file_sha256
 from slmops.models.refs import parse_ref, validate_name
 from slmops.models.store import ModelRecord, ModelStore
 from slmops.train import FinetuneResult, load_config
 from slmops.train import run as finetune_run
 from slmops.train.finetune import Progress
-from slmops.train.lineage import file_sha256
 
 
 @dataclass(frozen=True)

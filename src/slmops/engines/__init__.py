@@ -14,6 +14,7 @@ from slmops.engines.base import (
     Message,
     StreamChunk,
 )
+from slmops.engines.grammar import json_schema_grammar, with_json_schema
 from slmops.errors import EngineError
 from slmops.models.pull import Progress
 from slmops.models.store import ModelStore
@@ -25,8 +26,10 @@ __all__ = [
     "GenerationResult",
     "Message",
     "StreamChunk",
+    "json_schema_grammar",
     "open_engine",
     "open_engine_with_adapters",
+    "with_json_schema",
 ]
 
 

@@ -26,7 +26,9 @@ class GenerationParams:
     ``temperature == 0`` means greedy decoding. ``seed`` makes sampling reproducible:
     the same request with the same seed gives the same text, alone or in a batch.
     ``grammar`` (an llguidance grammar from :mod:`slmops.engines.grammar`) constrains the
-    answer to that grammar. ``logprobs`` asks for each generated token's log-probability
+    answer to that grammar in local engines; ``response_format`` is the same constraint as the
+    OpenAI request field, which remote engines send (both set by
+    :func:`~slmops.engines.grammar.with_json_schema`). ``logprobs`` asks for each generated token's log-probability
     plus that many alternatives (0 = the chosen token only); ``None`` = none.
     """
 
@@ -37,6 +39,7 @@ class GenerationParams:
     seed: int | None = None
     grammar: str | None = field(default=None, repr=False)
     logprobs: int | None = None
+    response_format: str | None = field(default=None, repr=False)  # OpenAI JSON, what remote engines send
 
     def __post_init__(self) -> None:
         problems = []

@@ -111,13 +111,16 @@ def choose(logits: torch.Tensor, rows: list[_Row], eos_ids: set[int]) -> list[Ba
     """One step's decision for every row (the shared tail of a decode step): mask each
     constrained row's logits to its grammar, sample, record log-probabilities (of the raw
     distribution) for rows that asked, and advance the rows."""
-    raw = logits
+    wanted = [r.params.logprobs for r in rows]
     constrained = [(s, r.constraint) for s, r in enumerate(rows) if r.constraint is not None]
+    raw = logits
     if constrained:
-        logits = logits.float().clone()
+        logits = logits.float().contiguous()
+        if logits.data_ptr() == raw.data_ptr() and any(w is not None for w in wanted):
+            raw = raw.clone()  # logprobs report the model's own distribution, before the mask
         mask_torch(logits, constrained)
     chosen = sample(logits, rows).tolist()
-    lps = token_logprobs(raw, chosen, [r.params.logprobs for r in rows], eos_ids)
+    lps = token_logprobs(raw, chosen, wanted, eos_ids)
     return [row.event(row.advance(t, eos_ids), lp) for row, t, lp in zip(rows, chosen, lps, strict=True)]
 
 
@@ -153,6 +156,14 @@ def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     shape = list(t.shape)
     shape[dim] = missing
     return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def _concat_blocks(blocks: list[list[tuple[torch.Tensor, torch.Tensor]]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Cached blocks (per layer ``[heads, block, dim]``) as one ``[1, heads, tokens, dim]`` KV per layer."""
+    return [
+        (torch.cat([b[layer][0] for b in blocks], dim=1)[None], torch.cat([b[layer][1] for b in blocks], dim=1)[None])
+        for layer in range(len(blocks[0]))
+    ]
 
 
 def _mergeable(cache: Any) -> bool:
@@ -245,6 +256,25 @@ class DecodeBatch:
         return out.logits[:, -1, :]
 
     def _prefill(self, rows: list[_Row]) -> torch.Tensor:
+        """Prefill newcomers and add them to the running rows; returns their next-token logits.
+        Rows whose prompt opens with cached blocks (the engine's prefix cache) prefill only the
+        rest; newcomers that share a prefix prefill it once."""
+        cache = getattr(self.engine, "prefix_cache", None)
+        starts: dict[int, tuple[int, Any]] = {}  # row index -> (cached tokens, their KV per layer)
+        if cache is not None:
+            starts = self._cached_prefixes(cache, rows)
+        cold = [i for i in range(len(rows)) if i not in starts]
+        order = cold + sorted(starts)
+        logits = []
+        if cold:
+            logits.append(self._prefill_cold([rows[i] for i in cold]))
+        for i in sorted(starts):
+            logits.append(self._prefill_after(rows[i], *starts[i]))
+        if cache is not None:
+            self._remember(cache, [rows[i] for i in order])
+        return torch.cat(logits)
+
+    def _prefill_cold(self, rows: list[_Row]) -> torch.Tensor:
         width = max(len(r.prompt) for r in rows)
         input_ids = torch.full((len(rows), width), self.engine.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -259,13 +289,75 @@ class DecodeBatch:
             use_cache=True,
             **self.engine.forward_kwargs([r.adapter for r in rows]),
         )
-        if self._rows:
-            self._merge(out.cache, mask)
-        else:
-            self._cache, self._mask = out.cache, mask
-        self._last_pos = torch.cat([self._last_pos, positions[:, -1]])
-        self._rows.extend(rows)
+        if not _mergeable(out.cache):
+            self.engine.prefix_cache = None  # sliding-window caches: no prefix reuse
+        self._join(out.cache, mask, positions[:, -1], rows)
         return out.logits[:, -1, :]
+
+    def _prefill_after(self, row: _Row, start: int, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Prefill ``row.prompt[start:]`` after the KV of its first ``start`` tokens."""
+        from transformers.cache_utils import DynamicCache
+
+        n = len(row.prompt)
+        out = self.engine.model(
+            input_ids=torch.tensor([row.prompt[start:]], dtype=torch.long),
+            attention_mask=torch.ones((1, n), dtype=torch.long),
+            position_ids=torch.arange(start, n)[None, :],
+            cache=DynamicCache(ddp_cache_data=kv),
+            use_cache=True,
+            **self.engine.forward_kwargs([row.adapter]),
+        )
+        self._join(out.cache, torch.ones((1, n), dtype=torch.long), torch.tensor([n - 1]), [row])
+        return out.logits[:, -1, :]
+
+    def _join(self, cache: Any, mask: torch.Tensor, last_pos: torch.Tensor, rows: list[_Row]) -> None:
+        if self._rows:
+            self._merge(cache, mask)
+        else:
+            self._cache, self._mask = cache, mask
+        self._last_pos = torch.cat([self._last_pos, last_pos])
+        self._rows.extend(rows)
+
+    def _cached_prefixes(self, cache: Any, rows: list[_Row]) -> dict[int, tuple[int, Any]]:
+        from slmops.engines.prefix_cache import shared_prefix_groups
+
+        found: dict[int, tuple[int, Any]] = {}
+        for i, r in enumerate(rows):
+            n, blocks = cache.lookup(r.prompt, r.adapter or "")
+            if n:
+                found[i] = (n, _concat_blocks(blocks))
+        misses = [i for i in range(len(rows)) if i not in found]
+        for adapter in dict.fromkeys(rows[i].adapter for i in misses):
+            same = [i for i in misses if rows[i].adapter == adapter]
+            for members, n in shared_prefix_groups([rows[i].prompt for i in same], cache.block):
+                idx = [same[m] for m in members]
+                out = self.engine.model(
+                    input_ids=torch.tensor([rows[idx[0]].prompt[:n]], dtype=torch.long),
+                    use_cache=True,
+                    **self.engine.forward_kwargs([adapter]),
+                )
+                kv = [(layer.keys, layer.values) for layer in out.cache.layers]
+                for i in idx:
+                    found[i] = (n, kv)
+                cache.record_shared(len(idx) - 1, n)
+        return found
+
+    def _remember(self, cache: Any, rows: list[_Row]) -> None:
+        """Put the newcomers' prompt blocks in the prefix cache (they are the last rows now)."""
+        if self._cache is None or not _mergeable(self._cache):
+            return
+        width = self._mask.shape[1]
+        for slot, row in zip(range(len(self._rows) - len(rows), len(self._rows)), rows, strict=True):
+            offset = width - len(row.prompt)  # real tokens are right-aligned
+
+            def block(a: int, b: int, slot: int = slot, offset: int = offset) -> list[tuple[Any, Any]]:
+                return [
+                    (layer.keys[slot, :, offset + a : offset + b].clone(),
+                     layer.values[slot, :, offset + a : offset + b].clone())
+                    for layer in self._cache.layers
+                ]
+
+            cache.insert(row.prompt, block, row.adapter or "")
 
     def _merge(self, cache: Any, mask: torch.Tensor) -> None:
         """Left-pad the running cache or the newcomers' cache to a common length and stack them."""

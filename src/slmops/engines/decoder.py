@@ -23,3 +23,18 @@ class Decoder(Protocol):
     def prompt_ids(self, request: GenerationRequest) -> list[int]: ...
 
     def forward_kwargs(self, adapters: Sequence[str | None]) -> dict[str, Any]: ...
+
+
+class GraphDecoder(Protocol):
+    """What an :class:`~slmops.engines.ort_batching.OrtDecodeBatch` needs from the ONNX engine
+    (:class:`~slmops.engines.ortgenai_engine.OrtGenAIEngine` is one), so the batch module does
+    not import the engine module that imports it."""
+
+    tokenizer: Any
+    eos_ids: set[int]
+    context_length: int
+    max_batch_size: int
+
+    def prompt_ids(self, request: GenerationRequest) -> list[int]: ...
+
+    def _adapter(self, request: GenerationRequest) -> str | None: ...

@@ -100,7 +100,7 @@ def _validate(grammar: str, what: str) -> str:
                 keyword = f"format: {keyword}"
         raise GrammarError(
             f"{what} cannot be enforced: {message}.",
-            "Remove or rewrite that keyword, or send strict: false to ignore keywords the server cannot enforce.",
+            "Remove or rewrite that keyword, or use non-strict mode (strict: false), which ignores such keywords.",
             keyword=keyword,
         )
     return grammar
@@ -172,16 +172,6 @@ class RowConstraint:
         self.vocab = tokenizer.vocab_size
         self.eos = tokenizer.eos_token
 
-    def allowed(self, width: int) -> np.ndarray:
-        """A boolean mask over ``width`` logits: True where the grammar allows the token."""
-        bits = np.unpackbits(np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
-        mask = np.zeros(width, dtype=bool)
-        n = min(width, self.vocab)
-        mask[:n] = bits[:n].astype(bool)
-        if not mask.any():  # the matcher is stuck (should not happen): let the row end
-            mask[self.eos if self.eos < width else 0] = True
-        return mask
-
     def consume(self, token: int) -> None:
         self.matcher.consume_token(token)
 
@@ -191,20 +181,76 @@ class RowConstraint:
         return bool(self.matcher.is_stopped())
 
 
-def mask_torch(logits: Any, constraints: Iterable[tuple[int, RowConstraint]]) -> None:
-    """Mask rows of a 2-D torch logits tensor in place (``(slot, constraint)`` pairs)."""
-    import torch
+_EXECUTOR: Any = None
 
-    for slot, c in constraints:
-        allowed = torch.from_numpy(c.allowed(logits.shape[-1]))
-        logits[slot].masked_fill_(~allowed, float("-inf"))
+
+def allowed_masks(constraints: list[RowConstraint], width: int) -> np.ndarray:
+    """``[len(constraints), width]`` booleans: the tokens each row's grammar allows next. The
+    matchers' masks are computed together (llguidance's executor, in parallel, without the GIL)."""
+    global _EXECUTOR
+    llg = _llg()
+    if _EXECUTOR is None:
+        _EXECUTOR = llg.LLExecutor()
+    vocab = max(c.vocab for c in constraints)
+    words = (vocab + 31) // 32
+    bits = np.zeros((len(constraints), words), dtype=np.int32)
+    _EXECUTOR.unsafe_compute_mask_ptr([(c.matcher, i) for i, c in enumerate(constraints)], bits.ctypes.data,
+                                      words * 4, len(constraints))  # fmt: skip
+    unpacked = np.unpackbits(bits.view(np.uint8), axis=1, bitorder="little")
+    out = np.zeros((len(constraints), width), dtype=bool)
+    n = min(width, unpacked.shape[1])
+    out[:, :n] = unpacked[:, :n]
+    for i, c in enumerate(constraints):
+        if not out[i].any():  # a stuck matcher (should not happen): let the row end
+            out[i, c.eos if c.eos < width else 0] = True
+    return out
 
 
 def mask_numpy(logits: np.ndarray, constraints: Iterable[tuple[int, RowConstraint]]) -> None:
-    for slot, c in constraints:
-        logits[slot][~c.allowed(logits.shape[-1])] = -np.inf
+    """Mask rows of a 2-D float logits array in place (``(slot, constraint)`` pairs): every
+    token a row's grammar forbids gets ``-inf``. Plain numpy, one pass for all rows."""
+    pairs = list(constraints)
+    if not pairs:
+        return
+    forbidden = np.logical_not(allowed_masks([c for _, c in pairs], logits.shape[-1]))
+    for i, (slot, _) in enumerate(pairs):
+        np.copyto(logits[slot], -np.inf, where=forbidden[i])
+
+
+def mask_torch(logits: Any, constraints: Iterable[tuple[int, RowConstraint]]) -> None:
+    """:func:`mask_numpy` on a CPU float32 torch tensor (shares its memory; no torch kernels,
+    which stall when other processes hold every core)."""
+    mask_numpy(logits.numpy(), constraints)
 
 
 def row_constraint(engine: Any, grammar: str, vocab_size: int) -> RowConstraint:
     """A fresh matcher for one row of ``engine`` (its tokenizer is built once per engine)."""
     return RowConstraint(engine_tokenizer(engine, vocab_size), grammar)
+
+
+# -- the Python API and the CLI's --json-schema ------------------------------------------------
+def load_schema_file(path: Any) -> dict[str, Any]:
+    """A JSON Schema file, checked (size, depth, validity); errors name the file."""
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise GrammarError(f"Cannot read the JSON schema file {p} ({exc.strerror or exc}).") from exc
+    return check_schema(text, what=f"The JSON schema in {p}")
+
+
+def with_json_schema(params: Any, schema: Any, *, strict: bool = True, name: str = "answer") -> Any:
+    """``params`` that make every engine answer with JSON valid against ``schema``: local
+    engines decode under the grammar, remote ones are sent ``response_format``.
+
+    >>> from slmops.engines import GenerationParams
+    >>> p = with_json_schema(GenerationParams(), {"type": "object", "properties": {"label": {"enum": ["a", "b"]}}})
+    """
+    from dataclasses import replace
+
+    schema = check_schema(schema)
+    grammar = json_schema_grammar(schema, strict=strict)
+    fmt = {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": strict}}
+    return replace(params, grammar=grammar, response_format=json.dumps(fmt))

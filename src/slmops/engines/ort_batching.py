@@ -32,7 +32,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -42,6 +42,9 @@ from slmops.engines.batching import BatchEvent, _Row, attach_constraint, choose
 from slmops.engines.prefix_cache import PrefixCache, shared_prefix_groups
 from slmops.engines.text import IncrementalDecoder, StopMatcher
 from slmops.errors import EngineError, InvalidModelError
+
+if TYPE_CHECKING:
+    from slmops.engines.decoder import GraphDecoder
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
            "tensor(int32)": np.int32}
@@ -134,9 +137,9 @@ class DecoderGraph:
 class OrtDecodeBatch:
     """The :class:`~slmops.engines.batching.DecodeBatch` interface over a :class:`DecoderGraph`;
     used from one thread at a time. ``engine`` is the :class:`OrtGenAIEngine` that owns it (typed
-    loosely: that module imports this one)."""
+    as the :class:`~slmops.engines.decoder.GraphDecoder` protocol: that module imports this one)."""
 
-    def __init__(self, engine: Any, graph: DecoderGraph, cache: PrefixCache | None) -> None:
+    def __init__(self, engine: GraphDecoder, graph: DecoderGraph, cache: PrefixCache | None) -> None:
         self.engine, self.graph, self.cache = engine, graph, cache
         self._rows: list[_Row] = []  # slot order
         self._lens: list[int] = []  # tokens in the KV buffer per slot

@@ -1,8 +1,15 @@
-"""An engine that calls any OpenAI-compatible HTTP endpoint.
+"""An engine that calls any OpenAI-compatible HTTP endpoint, through the official ``openai`` client.
 
 Works with vLLM, Ollama, the llama.cpp server, cloud APIs and our own ``slmops serve``:
 chat requests go to ``POST {base_url}/chat/completions``, raw prompts to
 ``POST {base_url}/completions``. The server applies the model's chat template.
+
+Retries are the ``openai`` client's: connection errors, timeouts, HTTP 408/409/429 and 5xx are
+retried with exponential backoff and jitter (0.5 s doubling up to 8 s, each wait cut by up to a
+quarter at random, so clients that failed together do not retry together), and a server's
+``Retry-After`` (seconds, ``retry-after-ms`` or an HTTP date) of up to a minute wins. On top,
+this engine adds bounded concurrency for a batch and an optional client-side rate limit that
+every attempt, retries included, passes through.
 
 Example::
 
@@ -13,15 +20,14 @@ Example::
 from __future__ import annotations
 
 import json
-import math
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import httpx
+import openai
 
 from slmops.engines.base import (
     Engine,
@@ -33,19 +39,8 @@ from slmops.engines.base import (
 )
 from slmops.errors import EngineError
 
-MAX_RETRY_DELAY_S = 30.0
-"""Upper bound on one wait between retries, whatever the backoff or ``Retry-After`` says."""
-
 _ERROR_TEXT_LIMIT = 300
-
-
-class _RetryableError(Exception):
-    """One failed attempt that is worth repeating (connection trouble, 429, 5xx)."""
-
-    def __init__(self, cause: str, retry_after: float | None = None) -> None:
-        super().__init__(cause)
-        self.cause = cause
-        self.retry_after = retry_after
+_RETRIED_STATUS = (408, 409, 429)  # and every 5xx: what the openai client retries
 
 
 class _RateLimiter:
@@ -56,7 +51,7 @@ class _RateLimiter:
         self._next_slot = time.monotonic()
         self._lock = threading.Lock()
 
-    def wait(self) -> None:
+    def wait(self, *_: Any) -> None:
         with self._lock:
             now = time.monotonic()
             slot = max(now, self._next_slot)
@@ -76,10 +71,8 @@ class RemoteEngine(Engine):
         api_key: sent as ``Authorization: Bearer <key>``; ``None`` falls back to
             ``$OPENAI_API_KEY``; no header when neither is set.
         timeout: seconds allowed for connecting and for each read.
-        max_retries: extra attempts after the first on connection errors, timeouts,
-            HTTP 429 and 5xx (so at most ``max_retries + 1`` attempts). Other 4xx are not retried.
-        backoff: wait ``backoff * 2**n`` seconds before retry ``n`` (0-based), unless the server
-            sends ``Retry-After`` (seconds), which wins; both capped at ``MAX_RETRY_DELAY_S``.
+        max_retries: extra attempts after the first (so at most ``max_retries + 1``), made by the
+            ``openai`` client as the module docstring says. Other 4xx are not retried.
         max_concurrency: requests of one ``generate`` call in flight at once.
         requests_per_second: optional client-side limit on request starts (every attempt
             counts), shared by all threads of this engine.
@@ -94,24 +87,26 @@ class RemoteEngine(Engine):
         api_key: str | None = None,
         timeout: float = 60.0,
         max_retries: int = 3,
-        backoff: float = 0.5,
         max_concurrency: int = 8,
         requests_per_second: float | None = None,
     ) -> None:
-        _validate_settings(base_url, model, timeout, max_retries, backoff, max_concurrency, requests_per_second)
+        _validate_settings(base_url, model, timeout, max_retries, max_concurrency, requests_per_second)
         self.base_url = base_url.strip().rstrip("/")
         self.model = model
         self.timeout = timeout
         self.max_retries = max_retries
-        self.backoff = backoff
         self.max_concurrency = max_concurrency
         self._limiter = _RateLimiter(requests_per_second) if requests_per_second else None
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._client = httpx.Client(
-            headers=headers,
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=max_concurrency),
+        hooks = {"request": [self._limiter.wait]} if self._limiter else {}
+        # no key anywhere: every request omits the Authorization header (local servers need none)
+        self._headers = {} if key else {"extra_headers": {"Authorization": openai.Omit()}}
+        self._client = openai.OpenAI(
+            base_url=self.base_url,
+            api_key=key or "unused",
+            timeout=timeout,
+            max_retries=max_retries,
+            http_client=openai.DefaultHttpxClient(event_hooks=hooks, timeout=timeout),
         )
         self._closed = False
 
@@ -143,18 +138,13 @@ class RemoteEngine(Engine):
         midway raises :class:`EngineError`, since its text has already been handed out.
         """
         self._check_open()
-        path, body = self._payload(request, stream=True)
-        url = self.base_url + path
-        response = self._post(url, body, stream=True)
+        url, events = self._call(request, stream=True)
         chat = request.messages is not None
         finish: FinishReason = "stop"
         usage: dict[str, Any] = {}
         try:
-            for data in _sse_data(response.iter_bytes()):
-                if data == "[DONE]":
-                    break
-                event = _load_json(data.encode("utf-8"), url)
-                _raise_stream_error(event, url)
+            for chunk in events:
+                event = _as_dict(chunk, url)
                 usage = event.get("usage") or usage
                 choices = event.get("choices") or []
                 if not choices:
@@ -164,13 +154,17 @@ class RemoteEngine(Engine):
                     yield StreamChunk(text)
                 if choices[0].get("finish_reason"):
                     finish = _finish_reason(choices[0]["finish_reason"])
-        except httpx.TransportError as exc:
+        except openai.APIError as exc:
+            raise EngineError(f"The stream from {url} reported an error: {_api_message(exc)}.") from exc
+        except EngineError:
+            raise
+        except Exception as exc:  # the transport broke off midway (the client's own exception types)
             raise EngineError(
                 f"The stream from {url} broke off: {_describe(exc)}.",
                 hint=f"Check that the server at {self.base_url} is still running.",
             ) from exc
         finally:
-            response.close()
+            events.close()
         prompt_tokens, completion_tokens = _token_counts(usage)
         yield StreamChunk("", finish_reason=finish, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
 
@@ -189,69 +183,44 @@ class RemoteEngine(Engine):
     # -- one request ------------------------------------------------------------------
 
     def _generate_one(self, request: GenerationRequest) -> GenerationResult:
-        path, body = self._payload(request, stream=False)
-        url = self.base_url + path
-        response = self._post(url, body, stream=False)
-        data = _load_json(response.content, url)
-        return _parse_result(data, chat=request.messages is not None, url=url, seconds=_elapsed(response))
+        started = time.monotonic()
+        url, response = self._call(request, stream=False)
+        data = _as_dict(response, url)
+        return _parse_result(data, chat=request.messages is not None, url=url, seconds=time.monotonic() - started)
 
-    def _payload(self, request: GenerationRequest, stream: bool) -> tuple[str, dict[str, Any]]:
-        body: dict[str, Any] = {"model": self.model}
-        if request.messages is not None:
-            path = "/chat/completions"
-            body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
-        else:
-            path = "/completions"
-            body["prompt"] = request.prompt
-        body.update(_sampling_fields(request.params))
-        if stream:
-            body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
-        return path, body
-
-    def _post(self, url: str, body: dict[str, Any], stream: bool) -> httpx.Response:
-        """POST with retries; returns a successful response (unread when ``stream``)."""
-        attempts = self.max_retries + 1
-        last: _RetryableError | None = None
-        for attempt in range(attempts):
-            if last is not None:
-                time.sleep(self._retry_delay(attempt - 1, last.retry_after))
-            try:
-                return self._send_once(url, body, stream)
-            except _RetryableError as exc:
-                last = exc
-        assert last is not None
-        raise EngineError(
-            f"POST {url} failed after {attempts} attempt{'s' if attempts > 1 else ''}; last error: {last.cause}.",
-            hint=f"Check that an OpenAI-compatible server is running at {self.base_url} and reachable.",
-        )
-
-    def _send_once(self, url: str, body: dict[str, Any], stream: bool) -> httpx.Response:
+    def _call(self, request: GenerationRequest, stream: bool) -> tuple[str, Any]:
+        """One create call (with the client's retries): the URL and the completion or its event stream."""
         self._check_open()
-        if self._limiter is not None:
-            self._limiter.wait()
-        request = self._client.build_request("POST", url, json=body)
+        fields: dict[str, Any] = {"model": self.model, **_sampling_fields(request.params), **self._headers}
+        if stream:
+            fields.update(stream=True, stream_options={"include_usage": True})
+        if request.messages is not None:
+            url = self.base_url + "/chat/completions"
+            messages = [{"role": m.role, "content": m.content} for m in request.messages]
+            create: Any = lambda: self._client.chat.completions.create(messages=messages, **fields)  # noqa: E731
+        else:
+            url = self.base_url + "/completions"
+            create = lambda: self._client.completions.create(prompt=request.prompt, **fields)  # noqa: E731
+        attempts = self.max_retries + 1
+        tried = f"after {attempts} attempt{'s' if attempts > 1 else ''}"
+        unreachable = f"Check that an OpenAI-compatible server is running at {self.base_url} and reachable."
         try:
-            response = self._client.send(request, stream=stream)
-        except httpx.TransportError as exc:
-            raise _RetryableError(_describe(exc)) from exc
-        if not response.is_error:
-            return response
-        try:
-            response.read()
-        except httpx.TransportError as exc:
-            raise _RetryableError(_describe(exc)) from exc
-        finally:
-            response.close()
-        status = response.status_code
-        message = _server_message(response)
-        if status == 429 or status >= 500:
-            raise _RetryableError(f"HTTP {status}: {message}", _retry_after(response))
-        raise EngineError(f"POST {url} failed with HTTP {status}: {message}", hint=self._hint_for_status(status))
-
-    def _retry_delay(self, retry: int, retry_after: float | None) -> float:
-        delay = retry_after if retry_after is not None else self.backoff * 2**retry
-        return min(delay, MAX_RETRY_DELAY_S)
+            return url, create()
+        except openai.APIStatusError as exc:
+            status, message = exc.status_code, _api_message(exc)
+            if status in _RETRIED_STATUS or status >= 500:
+                raise EngineError(f"POST {url} failed {tried}; last error: HTTP {status}: {message}.",
+                                  hint=unreachable) from exc  # fmt: skip
+            raise EngineError(f"POST {url} failed with HTTP {status}: {message}",
+                              hint=self._hint_for_status(status)) from exc  # fmt: skip
+        except openai.APIConnectionError as exc:  # timeouts too
+            self._check_open()
+            raise EngineError(f"POST {url} failed {tried}; last error: {_describe(exc.__cause__ or exc)}.",
+                              hint=unreachable) from exc  # fmt: skip
+        except openai.APIResponseValidationError as exc:
+            raise EngineError(f"The response from {url} is not an OpenAI response: {exc}.",
+                              hint="Check that base_url points at an OpenAI-compatible API root "
+                                   "(usually ending in '/v1').") from exc  # fmt: skip
 
     def _hint_for_status(self, status: int) -> str:
         if status in (401, 403):
@@ -273,7 +242,6 @@ def _validate_settings(
     model: str,
     timeout: float,
     max_retries: int,
-    backoff: float,
     max_concurrency: int,
     requests_per_second: float | None,
 ) -> None:
@@ -286,8 +254,6 @@ def _validate_settings(
         problems.append(f"timeout must be > 0 seconds (got {timeout})")
     if max_retries < 0:
         problems.append(f"max_retries must be >= 0 (got {max_retries})")
-    if backoff < 0:
-        problems.append(f"backoff must be >= 0 seconds (got {backoff})")
     if max_concurrency < 1:
         problems.append(f"max_concurrency must be >= 1 (got {max_concurrency})")
     if requests_per_second is not None and requests_per_second <= 0:
@@ -306,6 +272,8 @@ def _sampling_fields(params: GenerationParams) -> dict[str, Any]:
         fields["stop"] = list(params.stop)
     if params.seed is not None:
         fields["seed"] = params.seed
+    if params.response_format is not None:  # structured output: the server enforces it
+        fields["response_format"] = json.loads(params.response_format)
     return fields
 
 
@@ -343,50 +311,6 @@ def _token_counts(usage: Any) -> tuple[int, int]:
     return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
 
 
-def _sse_data(chunks: Iterable[bytes]) -> Iterator[str]:
-    """Yield the ``data`` of each Server-Sent Event.
-
-    Lines are split as bytes and decoded whole, so a UTF-8 character split across network
-    reads is never broken. Comments (``:``) and other fields (``event:``, ``id:``) are skipped.
-    """
-    buffer = b""
-    data_lines: list[str] = []
-    for chunk in chunks:
-        buffer += chunk
-        *lines, buffer = buffer.split(b"\n")
-        for raw in lines:
-            line = raw.rstrip(b"\r").decode("utf-8", errors="replace")
-            if line:
-                if line.startswith("data:"):
-                    data_lines.append(line[5:].removeprefix(" "))
-            elif data_lines:
-                yield "\n".join(data_lines)
-                data_lines = []
-    tail = buffer.rstrip(b"\r").decode("utf-8", errors="replace")
-    if tail.startswith("data:"):
-        data_lines.append(tail[5:].removeprefix(" "))
-    if data_lines:
-        yield "\n".join(data_lines)
-
-
-def _load_json(content: bytes, url: str) -> Any:
-    try:
-        return json.loads(content)
-    except ValueError as exc:
-        snippet = content[:_ERROR_TEXT_LIMIT].decode("utf-8", errors="replace")
-        raise EngineError(
-            f"The response from {url} is not valid JSON: {snippet!r}.",
-            hint="Check that base_url points at an OpenAI-compatible API root (usually ending in '/v1').",
-        ) from exc
-
-
-def _raise_stream_error(event: Any, url: str) -> None:
-    if not isinstance(event, dict):
-        raise EngineError(f"The stream from {url} sent a non-object event: {event!r}.")
-    if "error" in event:
-        raise EngineError(f"The stream from {url} reported an error: {_error_message(event)}.")
-
-
 def _error_message(data: Any) -> str | None:
     """The message of an OpenAI error body ``{"error": {"message": ...}}`` or a common variant."""
     if not isinstance(data, dict):
@@ -400,33 +324,37 @@ def _error_message(data: Any) -> str | None:
     return None
 
 
-def _server_message(response: httpx.Response) -> str:
-    try:
-        message = _error_message(json.loads(response.content))
-    except ValueError:
-        message = None
-    if message:
-        return message
-    text = response.text.strip()[:_ERROR_TEXT_LIMIT]
-    return text or response.reason_phrase or "no error message"
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    """``Retry-After`` in seconds; ``None`` when absent or in the HTTP-date form."""
-    try:
-        seconds = float(response.headers.get("retry-after", ""))
-    except ValueError:
-        return None
-    return max(0.0, seconds) if math.isfinite(seconds) else None
-
-
-def _elapsed(response: httpx.Response) -> float:
-    try:
-        return response.elapsed.total_seconds()
-    except RuntimeError:  # elapsed is unset until the response is closed
-        return 0.0
-
-
 def _describe(exc: Exception) -> str:
     detail = str(exc)
     return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+
+
+def _as_dict(obj: Any, url: str) -> dict[str, Any]:
+    """A response or stream event as plain JSON data (the client's models keep unknown fields)."""
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(exclude_unset=True)
+    if isinstance(obj, dict):
+        return obj
+    if isinstance(obj, str | bytes):  # JSON sent under another content type reaches us as text
+        try:
+            data = json.loads(obj)
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            return data
+    snippet = str(obj)[:_ERROR_TEXT_LIMIT]
+    raise EngineError(
+        f"The response from {url} is not valid JSON: {snippet!r}.",
+        hint="Check that base_url points at an OpenAI-compatible API root (usually ending in '/v1').",
+    )
+
+
+def _api_message(exc: openai.APIError) -> str:
+    """The server's own words: the message of its error body, else its text."""
+    body = exc.body
+    message = _error_message({"error": body} if isinstance(body, dict) and "message" in body else body)
+    if message:
+        return message
+    response = getattr(exc, "response", None)
+    text = (response.text.strip()[:_ERROR_TEXT_LIMIT] if response is not None else "") or str(body or "")
+    return text or exc.message or "no error message"

@@ -19,6 +19,7 @@ import torch
 
 from slmops.engines.base import Engine, GenerationRequest, GenerationResult, StreamChunk, TokenLogprob
 from slmops.engines.batching import BatchEvent, DecodeBatch
+from slmops.engines.prefix_cache import PrefixCache
 from slmops.errors import EngineError
 
 
@@ -50,6 +51,7 @@ class TorchEngine(Engine):
         self.context_length = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 30)
         self.vocab_size = int(getattr(model.config, "vocab_size", 0) or len(tokenizer))
         self.adapters = dict(adapters or {})  # request adapter name -> PEFT adapter name in ``model``
+        self.prefix_cache: PrefixCache | None = PrefixCache()  # KV of prompt prefixes (see prefix_cache)
 
     @classmethod
     def from_path(cls, path: Path, *, gguf_file: str | None = None, threads: int | None = None) -> TorchEngine:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from slmops.engines.base import Engine, GenerationParams, GenerationRequest
-from slmops.errors import SlmopsError
+from slmops.engines.batched import generate_batched
 from slmops.evaluate.bootstrap import ConfidenceInterval, bootstrap_ci
 
 RUBRIC = """You are a strict, fair judge of answers written by an AI assistant.
@@ -93,17 +93,7 @@ def judge_answers(
 ) -> JudgeResult:
     """Ask ``engine`` to score each answer; a failed batch is retried one request at a time."""
     requests = [judge_request(q, a, r) for q, a, r in zip(questions, answers, references, strict=True)]
-    replies: list[str | None] = []
-    for start in range(0, len(requests), batch_size):
-        chunk = requests[start : start + batch_size]
-        try:
-            replies.extend(r.text for r in engine.generate(chunk))
-        except SlmopsError:
-            for req in chunk:
-                try:
-                    replies.append(engine.generate([req])[0].text)
-                except SlmopsError:
-                    replies.append(None)
+    replies = [None if r is None else r.text for r in generate_batched(engine, requests, batch_size=batch_size)]
     scores = [parse_score(r) if r is not None else None for r in replies]
     valid = [s for s in scores if s is not None]
     return JudgeResult(

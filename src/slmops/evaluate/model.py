@@ -11,6 +11,7 @@ from typing import Any
 
 from slmops.engines import open_engine
 from slmops.engines.base import Engine, GenerationRequest
+from slmops.engines.batched import generate_batched
 from slmops.errors import SlmopsError
 from slmops.evaluate.metrics import Perplexity, perplexity
 from slmops.evaluate.perf import Latency, PerfStats, RssSampler, measure_latency, release_memory
@@ -64,24 +65,10 @@ def generate_robust(
 ) -> tuple[list[str | None], int, int]:
     """Answer in batches; a batch that fails is retried one request at a time, and a request
     that still fails gets ``None``. Returns ``(outputs, prompt_tokens, completion_tokens)``."""
-    outputs: list[str | None] = []
-    prompt_tokens = completion_tokens = 0
-    for start in range(0, len(requests), batch_size):
-        chunk = requests[start : start + batch_size]
-        try:
-            results = list(engine.generate(chunk))
-        except SlmopsError:
-            results = []
-            for req in chunk:
-                try:
-                    results.append(engine.generate([req])[0])
-                except SlmopsError:
-                    results.append(None)
-        for r in results:
-            outputs.append(None if r is None else r.text)
-            prompt_tokens += r.prompt_tokens if r else 0
-            completion_tokens += r.completion_tokens if r else 0
-        on_batch(len(outputs))
+    results = generate_batched(engine, requests, batch_size=batch_size, on_batch=on_batch)
+    outputs = [None if r is None else r.text for r in results]
+    prompt_tokens = sum(r.prompt_tokens for r in results if r is not None)
+    completion_tokens = sum(r.completion_tokens for r in results if r is not None)
     return outputs, prompt_tokens, completion_tokens
 
 

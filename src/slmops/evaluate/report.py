@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 from slmops.evaluate import svg
 from slmops.evaluate.compare import ModelComparison, time_per_request_ms
 from slmops.evaluate.results import EvalReport, ModelResult
+from slmops.files import write_atomic
 
 REPORT_FILES = {"json": "report.json", "markdown": "report.md", "html": "report.html"}
 
@@ -200,15 +200,6 @@ def render_html(report: EvalReport) -> str:
 
 
 # -- files -----------------------------------------------------------------------------------
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_reports(report: EvalReport, out_dir: Path) -> EvalReport:
     """Write ``report.json``, ``report.md`` and ``report.html`` into ``out_dir``; returns the
     report with ``report_files`` filled in (the JSON lists them too)."""

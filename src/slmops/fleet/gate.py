@@ -27,10 +27,9 @@ _AND = re.compile(r"\s+and\s+|\s*&&\s*")
 def _parts(expr: str) -> list[str]:
     parts = [p.strip() for p in _AND.split(expr.strip())]
     if not expr.strip() or not all(parts):
-        raise SlmopsError(
-            f"--gate {expr!r} is empty or has an empty side of 'and'.",
-            hint="Example: --gate 'p95_ms <= 1.2 * baseline.p95_ms and probe_score >= baseline.probe_score - 5'.",
-        )
+        raise SlmopsError(f"--gate {expr!r} is empty or has an empty side of 'and'.",
+                          hint="Example: --gate 'p95_ms <= 1.2 * baseline.p95_ms and "
+                               "probe_score >= baseline.probe_score - 5'.")
     return parts
 
 
@@ -59,9 +58,8 @@ def gate_names(expr: str) -> list[str]:
             parse_check(_rewrite(part), placeholder=1.0)
         except ValueError as exc:
             why = "cannot read it" if "cannot read" in str(exc) else str(exc).replace("${", "").replace("}", "")
-            raise SlmopsError(
-                f"--gate {part!r}: {why}.", hint="Write comparisons of metrics, e.g. p95_ms <= 1.2 * baseline.p95_ms."
-            ) from None
+            raise SlmopsError(f"--gate {part!r}: {why}.",
+                              hint="Write comparisons of metrics, e.g. p95_ms <= 1.2 * baseline.p95_ms.") from None
     return used
 
 
@@ -84,19 +82,8 @@ class Window:
 
     @classmethod
     def of(cls, t: Any) -> Window:
-        return cls(
-            t.device_id,
-            t.digest,
-            t.sent_at,
-            t.requests,
-            t.errors,
-            t.p50_ms,
-            t.p95_ms,
-            t.ttft_ms,
-            t.tokens_per_second,
-            t.memory_mb,
-            t.probe_score,
-        )
+        return cls(t.device_id, t.digest, t.sent_at, t.requests, t.errors, t.p50_ms, t.p95_ms, t.ttft_ms,
+                   t.tokens_per_second, t.memory_mb, t.probe_score)
 
 
 def aggregate(windows: Iterable[Window]) -> dict[str, Any]:
@@ -131,18 +118,12 @@ class GateResult:
     values: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "group": self.group,
-            "passed": self.passed,
-            "evaluated": self.evaluated,
-            "missing": self.missing,
-            "values": self.values,
-        }
+        return {"group": self.group, "passed": self.passed, "evaluated": self.evaluated,
+                "missing": self.missing, "values": self.values}
 
 
-def evaluate_gate(
-    expr: str, wave: Mapping[str, Any], baseline: Mapping[str, Any] | None, group: str = "wave"
-) -> GateResult:
+def evaluate_gate(expr: str, wave: Mapping[str, Any], baseline: Mapping[str, Any] | None,
+                  group: str = "wave") -> GateResult:
     """Evaluate ``expr`` with the wave's and the baseline's aggregates. A name without a value
     makes the result not passed with ``missing`` set (the caller decides fail-safe or continue)."""
     names = gate_names(expr)

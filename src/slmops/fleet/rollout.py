@@ -71,31 +71,18 @@ def parse_duration(text: str | float | int, what: str = "--bake") -> float:
     try:
         value = float(s) * factor
     except ValueError:
-        raise SlmopsError(
-            f"{what}: cannot read {text!r}.", hint="Write seconds (120 or 120s), minutes (2m) or hours (1h)."
-        ) from None
+        raise SlmopsError(f"{what}: cannot read {text!r}.",
+                          hint="Write seconds (120 or 120s), minutes (2m) or hours (1h).") from None
     if value < 0:
         raise SlmopsError(f"{what} must not be negative (got {text!r}).")
     return value
 
 
 # -- creating a roll-out (everything checked before anything changes) -----------------------
-def plan(
-    fleet: str,
-    target: Target,
-    devices: dict[str, DeviceView],
-    *,
-    waves: str,
-    bake_s: float,
-    gate: str,
-    select: str | dict[str, str] | None = None,
-    max_unavailable: str = "10%",
-    on_missing_data: str = "fail",
-    activate_timeout_s: float = 300.0,
-    report_interval_s: float | None = None,
-    per_label: bool = True,
-    rollout_id: str | None = None,
-) -> RolloutRecord:
+def plan(fleet: str, target: Target, devices: dict[str, DeviceView], *, waves: str, bake_s: float, gate: str,
+         select: str | dict[str, str] | None = None, max_unavailable: str = "10%", on_missing_data: str = "fail",
+         activate_timeout_s: float = 300.0, report_interval_s: float | None = None, per_label: bool = True,
+         rollout_id: str | None = None) -> RolloutRecord:
     """A new roll-out record over the devices seen now, or a :class:`SlmopsError` naming what is wrong."""
     steps = parse_waves(waves)
     gate_names(gate)
@@ -106,18 +93,13 @@ def plan(
     eligible = {d: dv for d, dv in devices.items() if matches(dv.labels, selector)}
     if not eligible:
         what = f" matching --select {','.join(f'{k}={v}' for k, v in selector.items())}" if selector else ""
-        raise SlmopsError(
-            f"fleet {fleet!r} has no devices{what} ({len(devices)} device(s) reported in all).",
-            hint="Check `slmops fleet devices --fleet NAME` and the labels the agents were started with.",
-        )
+        raise SlmopsError(f"fleet {fleet!r} has no devices{what} ({len(devices)} device(s) reported in all).",
+                          hint="Check `slmops fleet devices --fleet NAME` and the labels the agents were started with.")
     intervals = [float(getattr(dv.state, "report_interval_s", None) or 0) for dv in eligible.values()]
     interval = max([*intervals, report_interval_s or 0.0]) or 10.0
     if bake_s < interval:
-        raise SlmopsError(
-            f"--bake {bake_s:g}s is shorter than the devices' report interval ({interval:g}s): "
-            "the gate would see no telemetry.",
-            hint=f"Use --bake {max(2 * interval, 1):g}s or more.",
-        )
+        raise SlmopsError(f"--bake {bake_s:g}s is shorter than the devices' report interval ({interval:g}s): "
+                          "the gate would see no telemetry.", hint=f"Use --bake {max(2 * interval, 1):g}s or more.")
     rid = rollout_id or new_id()
     online = [d for d, dv in eligible.items() if dv.online is not False]
     order = order_devices(rid, {d: dv.labels for d, dv in eligible.items()}, first=online)
@@ -127,51 +109,39 @@ def plan(
         n += len(wave)
         cuts.append(n)
     return RolloutRecord(
-        id=rid,
-        fleet=fleet,
-        target=target,
-        waves=[str(s) for s in steps],
-        bake_s=bake_s,
-        gate=gate,
-        select=selector,
-        max_unavailable=str(max_unavailable),
-        on_missing_data=on_missing_data,  # type: ignore[arg-type]
-        activate_timeout_s=activate_timeout_s,
-        report_interval_s=interval,
-        per_label=per_label,
-        order=order,
-        labels={d: eligible[d].labels for d in order},
-        cuts=cuts,
+        id=rid, fleet=fleet, target=target, waves=[str(s) for s in steps], bake_s=bake_s, gate=gate,
+        select=selector, max_unavailable=str(max_unavailable), on_missing_data=on_missing_data,  # type: ignore[arg-type]
+        activate_timeout_s=activate_timeout_s, report_interval_s=interval, per_label=per_label,
+        order=order, labels={d: eligible[d].labels for d in order}, cuts=cuts,
     )
+
+
+def rollback_desired(rec: RolloutRecord, device: str, now: float) -> DesiredState | None:
+    """The desired state that puts ``device`` back where it was before the roll-out (None: it had none)."""
+    prev = rec.previous.get(device)
+    if prev is None:
+        return None
+    return DesiredState(**{**prev, "generation": rec.generation[device] + 1, "issued_at": now})
 
 
 # -- one step ---------------------------------------------------------------------------------
 class Controller:
     """Drives one roll-out record one step at a time (no threads, no sleeps: :meth:`tick`)."""
 
-    def __init__(
-        self, store: RolloutStore, rollout_id: str, io: FleetIO, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, store: RolloutStore, rollout_id: str, io: FleetIO,
+                 clock: Callable[[], float] = time.time) -> None:
         self.store, self.id, self.io, self.clock = store, rollout_id, io, clock
+        self.started = clock()  # telemetry is only seen from here on
 
     # the published desired states ------------------------------------------------------------
     def _new_desired(self, rec: RolloutRecord, device: str) -> DesiredState:
         t = rec.target
-        return DesiredState(
-            reference=t.reference,
-            digest=t.digest,
-            format=t.format,  # type: ignore[arg-type]
-            served_name=t.served_name,
-            rollout=rec.id,
-            generation=rec.generation[device],
-            issued_at=self.clock(),
-        )
+        return DesiredState(reference=t.reference, digest=t.digest, format=t.format,  # type: ignore[arg-type]
+                            served_name=t.served_name, rollout=rec.id, generation=rec.generation[device],
+                            issued_at=self.clock())
 
     def _rollback_desired(self, rec: RolloutRecord, device: str) -> DesiredState | None:
-        prev = rec.previous.get(device)
-        if prev is None:
-            return None
-        return DesiredState(**{**prev, "generation": rec.generation[device] + 1, "issued_at": self.clock()})
+        return rollback_desired(rec, device, self.clock())
 
     @staticmethod
     def _holds(dv: DeviceView | None, want: DesiredState | None) -> bool:
@@ -180,9 +150,8 @@ class Controller:
             return have is None
         return have is not None and have.digest == want.digest and have.generation >= want.generation
 
-    def _ensure(
-        self, rec: RolloutRecord, devices: dict[str, DeviceView], wanted: dict[str, DesiredState | None]
-    ) -> int:
+    def _ensure(self, rec: RolloutRecord, devices: dict[str, DeviceView],
+                wanted: dict[str, DesiredState | None]) -> int:
         """Publish the desired states the broker does not hold yet (level-triggered)."""
         missing = {d: ds for d, ds in wanted.items() if not self._holds(devices.get(d), ds)}
         if missing:
@@ -223,6 +192,15 @@ class Controller:
         devices = self.io.devices()
         wave = rec.wave_devices()
         label = f"wave {rec.wave + 1}/{len(rec.cuts)}"
+        if rec.phase == "assign" and rec.wave == 0 and rec.last_baseline is None:
+            # the old version's window before anything changes: the baseline once none are left on it
+            if now - self.started < 1.5 * rec.report_interval_s:
+                return
+            before = [w for w in self.io.windows_since(now - max(rec.bake_s, 2 * rec.report_interval_s))
+                      if w.device_id in rec.labels and w.digest != rec.target.digest]
+            rec.last_baseline = aggregate(before) if before else {}
+            rec.event(f"baseline before the roll-out: {len(before)} window(s) from "
+                      f"{len({w.device_id for w in before})} device(s)", now)
         if rec.phase == "assign":
             for d in wave:  # the intent: recorded before anything is published
                 if d not in rec.previous:
@@ -245,9 +223,8 @@ class Controller:
             if now - rec.bake_started_at >= rec.bake_s:
                 self._gate(rec, devices, now, label)
 
-    def _activate(
-        self, rec: RolloutRecord, devices: dict[str, DeviceView], wave: list[str], now: float, label: str
-    ) -> None:
+    def _activate(self, rec: RolloutRecord, devices: dict[str, DeviceView], wave: list[str], now: float,
+                  label: str) -> None:
         digest = rec.target.digest
         pending, unavailable = [], {}
         for d in wave:
@@ -255,7 +232,7 @@ class Controller:
             st = dv.state if dv else None
             if st and st.active and st.active.digest == digest:
                 continue
-            if dv is None or dv.online is False:
+            if dv is not None and dv.online is False:
                 unavailable[d] = "offline"
             elif st and st.status == "failed" and st.desired_digest == digest:
                 unavailable[d] = f"failed: {st.reason or 'no reason given'}"
@@ -271,20 +248,12 @@ class Controller:
         if len(unavailable) > budget:
             shown = "; ".join(f"{d}: {why}" for d, why in list(unavailable.items())[:5])
             more = f" (+{len(unavailable) - 5} more)" if len(unavailable) > 5 else ""
-            self._fail(
-                rec,
-                f"{label}: {len(unavailable)} of {len(wave)} device(s) unavailable, more than "
-                f"--max-unavailable {rec.max_unavailable} ({budget}): {shown}{more}",
-                now,
-            )
+            self._fail(rec, f"{label}: {len(unavailable)} of {len(wave)} device(s) unavailable, more than "
+                            f"--max-unavailable {rec.max_unavailable} ({budget}): {shown}{more}", now)
             return
         rec.phase, rec.bake_started_at = "bake", now
-        rec.event(
-            f"{label}: {len(wave) - len(unavailable)}/{len(wave)} active"
-            + (f", {len(unavailable)} unavailable within budget" if unavailable else "")
-            + "; baking",
-            now,
-        )
+        rec.event(f"{label}: {len(wave) - len(unavailable)}/{len(wave)} active"
+                  + (f", {len(unavailable)} unavailable within budget" if unavailable else "") + "; baking", now)
 
     def _gate(self, rec: RolloutRecord, devices: dict[str, DeviceView], now: float, label: str) -> None:
         assert rec.bake_started_at is not None
@@ -292,25 +261,18 @@ class Controller:
         touched = set(rec.touched)
         windows = self.io.windows_since(rec.bake_started_at)
         wave_ws = [w for w in windows if w.device_id in touched and w.digest == digest]
-        base_ws = [
-            w for w in windows if w.device_id in rec.labels and w.device_id not in touched and w.digest != digest
-        ]
+        base_ws = [w for w in windows
+                   if w.device_id in rec.labels and w.device_id not in touched and w.digest != digest]
         wave_agg = aggregate(wave_ws)
-        base_agg = aggregate(base_ws) if base_ws else rec.last_baseline
+        base_agg = aggregate(base_ws) if base_ws else (rec.last_baseline or None)
         if base_ws:
             rec.last_baseline = base_agg
         results = [evaluate_gate(rec.gate, wave_agg, base_agg, "wave")]
         if rec.per_label:
             results += self._per_label(rec, wave_ws, base_ws, base_agg)
         failed = [r for r in results if not r.passed and not (r.missing and r.group != "wave")]
-        record = {
-            "wave": rec.wave + 1,
-            "at": now,
-            "passed": not failed,
-            "results": [r.to_dict() for r in results],
-            "wave_values": wave_agg,
-            "baseline_values": base_agg,
-        }
+        record = {"wave": rec.wave + 1, "at": now, "passed": not failed, "results": [r.to_dict() for r in results],
+                  "wave_values": wave_agg, "baseline_values": base_agg}
         missing_only = bool(failed) and all(r.missing for r in failed)
         if missing_only and rec.on_missing_data == "continue":
             record["passed"] = True
@@ -319,13 +281,12 @@ class Controller:
         rec.gates.append(record)
         if failed:
             r = failed[0]
-            why = (
-                f"no value for {', '.join(r.missing)} (no telemetry from the wave or the baseline); failing safe"
-                if r.missing
-                else ""
-            )
+            why = (f"no value for {', '.join(r.missing)} (no telemetry from the wave or the baseline); "
+                   "failing safe" if r.missing else "")
             group = "" if r.group == "wave" else f" on devices with {r.group}"
-            self._fail(rec, f"{label}: gate failed{group}: {r.evaluated}" + (f" ({why})" if why else ""), now)
+            also = [x.group for x in failed[1:]]
+            more = f"; also failed on {', '.join(also)}" if also else ""
+            self._fail(rec, f"{label}: gate failed{group}: {r.evaluated}" + (f" ({why})" if why else "") + more, now)
             return
         rec.event(f"{label}: gate passed: {results[0].evaluated}", now)
         if rec.wave + 1 >= len(rec.cuts):
@@ -334,9 +295,8 @@ class Controller:
         else:
             rec.wave, rec.phase, rec.phase_started_at, rec.bake_started_at = rec.wave + 1, "assign", now, None
 
-    def _per_label(
-        self, rec: RolloutRecord, wave_ws: list[Window], base_ws: list[Window], base_agg: dict[str, Any] | None
-    ) -> list[GateResult]:
+    def _per_label(self, rec: RolloutRecord, wave_ws: list[Window], base_ws: list[Window],
+                   base_agg: dict[str, Any] | None) -> list[GateResult]:
         groups: dict[tuple[str, str], list[Window]] = defaultdict(list)
         base_groups: dict[tuple[str, str], list[Window]] = defaultdict(list)
         for w in wave_ws:
@@ -383,24 +343,14 @@ class Controller:
             return
         rec.status = rec.final_status or "rolled_back"
         rec.phase, rec.finished_at = "done", now
-        rec.event(
-            f"rolled back {len(rec.touched) - len(waiting)}/{len(rec.touched)} device(s) in {waited:.1f}s"
-            + (f"; {len(waiting)} did not confirm" if waiting else ""),
-            now,
-        )
+        rec.event(f"rolled back {len(rec.touched) - len(waiting)}/{len(rec.touched)} device(s) in {waited:.1f}s"
+                  + (f"; {len(waiting)} did not confirm" if waiting else ""), now)
 
 
 # -- the controller process ---------------------------------------------------------------------
-def run_controller(
-    store: RolloutStore,
-    rollout_id: str,
-    io: FleetIO,
-    *,
-    tick_s: float = 0.5,
-    stop: threading.Event | None = None,
-    on_tick: Callable[[RolloutRecord], None] | None = None,
-    token: str | None = None,
-) -> RolloutRecord:
+def run_controller(store: RolloutStore, rollout_id: str, io: FleetIO, *, tick_s: float = 0.5,
+                   stop: threading.Event | None = None, on_tick: Callable[[RolloutRecord], None] | None = None,
+                   token: str | None = None) -> RolloutRecord:
     """Hold the fleet's lease and tick until the roll-out ends, is paused or aborted (or ``stop``)."""
     rec = store.load(rollout_id)
     token = token or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -88,7 +88,7 @@ class RolloutRecord(BaseModel):
     def wave_devices(self, index: int | None = None) -> list[str]:
         i = self.wave if index is None else index
         start = self.cuts[i - 1] if i > 0 else 0
-        return self.order[start : self.cuts[i]]
+        return self.order[start:self.cuts[i]]
 
     def event(self, text: str, at: float | None = None) -> None:
         self.events.append({"at": at or time.time(), "text": text})
@@ -101,20 +101,11 @@ class RolloutRecord(BaseModel):
     def summary(self) -> dict[str, Any]:
         last_gate = self.gates[-1] if self.gates else None
         return {
-            "id": self.id,
-            "fleet": self.fleet,
-            "status": self.status,
+            "id": self.id, "fleet": self.fleet, "status": self.status,
             "model": self.target.source or self.target.reference,
-            "digest": self.target.digest,
-            "wave": self.wave + 1,
-            "waves": len(self.cuts),
-            "phase": self.phase,
-            "devices": len(self.order),
-            "touched": len(self.touched),
-            "reason": self.reason,
-            "last_gate": last_gate,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
+            "digest": self.target.digest, "wave": self.wave + 1, "waves": len(self.cuts), "phase": self.phase,
+            "devices": len(self.order), "touched": len(self.touched), "reason": self.reason,
+            "last_gate": last_gate, "created_at": self.created_at, "updated_at": self.updated_at,
             "finished_at": self.finished_at,
         }
 
@@ -237,14 +228,8 @@ class RolloutStore:
                     f"{held.get('host')}, roll-out {held.get('rollout')}).",
                     hint="Wait for it, or `slmops rollout pause/abort` that roll-out first.",
                 )
-            lease = {
-                "fleet": fleet,
-                "rollout": rollout_id,
-                "token": token,
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "expires_at": time.time() + ttl,
-            }
+            lease = {"fleet": fleet, "rollout": rollout_id, "token": token, "pid": os.getpid(),
+                     "host": socket.gethostname(), "expires_at": time.time() + ttl}
             path = self._lease_path(fleet)
             tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
             tmp.write_text(json.dumps(lease))

@@ -81,9 +81,8 @@ def parse_fault(text: str) -> Fault:
     try:
         v = float(value)
     except ValueError:
-        raise SlmopsError(
-            f"--fault {text!r}: {value!r} is not a number.", hint="E.g. probe:-20 or offline:0.05."
-        ) from None
+        raise SlmopsError(f"--fault {text!r}: {value!r} is not a number.",
+                          hint="E.g. probe:-20 or offline:0.05.") from None
     if kind in ("download", "offline", "flap", "errors") and not 0 <= v <= 1:
         raise SlmopsError(f"--fault {text!r}: a {kind} fault takes a fraction between 0 and 1.")
     if kind == "latency" and v <= 0:
@@ -125,23 +124,11 @@ class SimDevice:
 class Simulator:
     """``start()``, then ``run(stop_event)`` (or ``run_in_thread()``), then ``close()``."""
 
-    def __init__(
-        self,
-        broker: mqtt.Broker,
-        fleet: str,
-        devices: int = 1000,
-        *,
-        labels: dict[str, list[str]] | None = None,
-        faults: list[Fault] | None = None,
-        initial: DesiredState | None = None,
-        report_interval: float = 2.0,
-        download_s: tuple[float, float] = (1.0, 3.0),
-        probe_s: float = 0.5,
-        rate_rps: float = 2.0,
-        flap_period_s: float = 20.0,
-        prefix: str = "sim",
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, broker: mqtt.Broker, fleet: str, devices: int = 1000, *,
+                 labels: dict[str, list[str]] | None = None, faults: list[Fault] | None = None,
+                 initial: DesiredState | None = None, report_interval: float = 2.0,
+                 download_s: tuple[float, float] = (1.0, 3.0), probe_s: float = 0.5, rate_rps: float = 2.0,
+                 flap_period_s: float = 20.0, prefix: str = "sim", seed: int = 0) -> None:
         if devices < 1:
             raise SlmopsError("--devices must be at least 1.")
         if report_interval <= 0:
@@ -151,13 +138,8 @@ class Simulator:
         self.report_interval, self.download_s, self.probe_s = report_interval, download_s, probe_s
         self.rate_rps, self.flap_period_s = rate_rps, flap_period_s
         self.rng = random.Random(seed)
-        self.initial = initial or DesiredState(
-            reference=f"oci://simulated/{fleet}@{BASE_DIGEST}",
-            digest=BASE_DIGEST,
-            format="gguf",
-            served_name=fleet,
-            generation=1,
-        )
+        self.initial = initial or DesiredState(reference=f"oci://simulated/{fleet}@{BASE_DIGEST}", digest=BASE_DIGEST,
+                                               format="gguf", served_name=fleet, generation=1)
         labels = labels if labels is not None else {"zone": ["a", "b", "c"]}
         self.devices: dict[str, SimDevice] = {}
         width = max(4, len(str(devices - 1)))
@@ -169,12 +151,8 @@ class Simulator:
         self._seq = itertools.count()
         self._inbox: queue.SimpleQueue[tuple[str, bytes]] = queue.SimpleQueue()
         self._subscribed = threading.Event()
-        self.client = mqtt.make_client(
-            broker,
-            client_id=f"slmops-sim-{fleet}-{self.rng.getrandbits(32):08x}",
-            on_connect=self._on_connect,
-            on_message=self._on_message,
-        )
+        self.client = mqtt.make_client(broker, client_id=f"slmops-sim-{fleet}-{self.rng.getrandbits(32):08x}",
+                                       on_connect=self._on_connect, on_message=self._on_message)
         self.client.max_inflight_messages_set(2000)
         self.client.max_queued_messages_set(0)
         self.client.on_subscribe = lambda *a: self._subscribed.set()
@@ -200,44 +178,26 @@ class Simulator:
     def _publish_state(self, d: SimDevice) -> None:
         active = None
         if d.active is not None:
-            active = ActiveModel(
-                digest=d.active.digest,
-                reference=d.active.reference,
-                store_ref=f"sim:{d.active.digest[7:15]}",
-                rollout=d.active.rollout,
-                probe_score=self._probe(d),
-            )
-        st = ReportedState(
-            device_id=d.id,
-            fleet=self.fleet,
-            labels=d.labels,
-            status=d.status,  # type: ignore[arg-type]
-            reason=d.reason,
-            active=active,
-            desired_digest=d.desired.digest if d.desired else None,
-            desired_generation=d.desired.generation if d.desired else None,
-            rollout=d.desired.rollout if d.desired else None,
-            previous=d.previous[:2],
-            uptime_s=time.time() - d.started,
-            slmops_version=f"{__version__}+sim",
-            report_interval_s=self.report_interval,
-        )
+            active = ActiveModel(digest=d.active.digest, reference=d.active.reference,
+                                 store_ref=f"sim:{d.active.digest[7:15]}", rollout=d.active.rollout,
+                                 probe_score=self._probe(d))
+        st = ReportedState(device_id=d.id, fleet=self.fleet, labels=d.labels, status=d.status,  # type: ignore[arg-type]
+                           reason=d.reason, active=active,
+                           desired_digest=d.desired.digest if d.desired else None,
+                           desired_generation=d.desired.generation if d.desired else None,
+                           rollout=d.desired.rollout if d.desired else None, previous=d.previous[:2],
+                           uptime_s=time.time() - d.started, slmops_version=f"{__version__}+sim",
+                           report_interval_s=self.report_interval)
         self._pub(protocol.state_topic(self.fleet, d.id), st.to_payload(), retain=True, qos=1)
 
     def _publish_availability(self, d: SimDevice) -> None:
-        self._pub(
-            protocol.availability_topic(self.fleet, d.id), b"online" if d.online else b"offline", retain=True, qos=1
-        )
+        self._pub(protocol.availability_topic(self.fleet, d.id), b"online" if d.online else b"offline",
+                  retain=True, qos=1)
 
     # -- the model of a device ----------------------------------------------------------------
     def _faults(self, d: SimDevice, kind: str, digest: str | None) -> list[Fault]:
-        return [
-            f
-            for f in self.faults
-            if f.kind == kind
-            and f.hits_device(d.labels, d.id)
-            and (kind in ("offline", "flap") or f.hits_version(digest, d.initial))
-        ]
+        return [f for f in self.faults if f.kind == kind and f.hits_device(d.labels, d.id)
+                and (kind in ("offline", "flap") or f.hits_version(digest, d.initial))]
 
     def _probe(self, d: SimDevice) -> float | None:
         if d.active is None:
@@ -249,7 +209,7 @@ class Simulator:
     def _telemetry(self, d: SimDevice) -> Telemetry:
         digest = d.active.digest if d.active else None
         mean = self.rate_rps * self.report_interval
-        requests = max(0, round(self.rng.gauss(mean, mean**0.5)))
+        requests = max(0, round(self.rng.gauss(mean, mean ** 0.5)))
         err = 0.002 + sum(f.value for f in self._faults(d, "errors", digest))
         errors = sum(1 for _ in range(requests) if self.rng.random() < err)
         slow = d.jitter * (1 + 0.02 * _version_offset(digest))
@@ -260,20 +220,12 @@ class Simulator:
             return round(x * slow * self.rng.uniform(0.97, 1.03), 2)
 
         probe = self._probe(d)
-        return Telemetry(
-            device_id=d.id,
-            digest=digest,
-            rollout=d.active.rollout if d.active else None,
-            window_s=self.report_interval,
-            requests=requests,
-            errors=errors,
-            p50_ms=noisy(120.0),
-            p95_ms=noisy(260.0),
-            ttft_ms=noisy(45.0),
-            tokens_per_second=round(40.0 / slow * self.rng.uniform(0.97, 1.03), 2),
-            memory_mb=round(350.0 * self.rng.uniform(0.99, 1.01), 1),
-            probe_score=None if probe is None else round(probe + self.rng.gauss(0, 0.5), 2),
-        )
+        return Telemetry(device_id=d.id, digest=digest, rollout=d.active.rollout if d.active else None,
+                         window_s=self.report_interval, requests=requests, errors=errors,
+                         p50_ms=noisy(120.0), p95_ms=noisy(260.0), ttft_ms=noisy(45.0),
+                         tokens_per_second=round(40.0 / slow * self.rng.uniform(0.97, 1.03), 2),
+                         memory_mb=round(350.0 * self.rng.uniform(0.99, 1.01), 1),
+                         probe_score=None if probe is None else round(probe + self.rng.gauss(0, 0.5), 2))
 
     def _follow(self, d: SimDevice) -> None:
         """React to the device's desired state (called on a change and on coming back online)."""
@@ -357,7 +309,6 @@ class Simulator:
         def again() -> None:
             fn()
             self._at(time.time() + period, again)
-
         self._at(first, again)
 
     _started = False
@@ -390,13 +341,11 @@ class Simulator:
             if fresh.get(d.id):
                 self._pub(protocol.desired_topic(self.fleet, d.id), self.initial.to_payload(), retain=True, qos=1)
             if d.online:
-                self._every(
-                    now + self.rng.uniform(0.1, self.report_interval), self.report_interval, lambda d=d: self._report(d)
-                )
+                self._every(now + self.rng.uniform(0.1, self.report_interval), self.report_interval,
+                            lambda d=d: self._report(d))
             if self._faults(d, "flap", None):
-                self._every(
-                    now + self.rng.uniform(1.0, self.flap_period_s), self.flap_period_s / 2, lambda d=d: self._flip(d)
-                )
+                self._every(now + self.rng.uniform(1.0, self.flap_period_s), self.flap_period_s / 2,
+                            lambda d=d: self._flip(d))
         return self
 
     def _report(self, d: SimDevice) -> None:
@@ -439,10 +388,8 @@ class Simulator:
         if self._thread:
             self._thread.join(10)
         if offline and self.client.connected_event.is_set():
-            infos = [
-                self.client.publish(protocol.availability_topic(self.fleet, d), b"offline", qos=1, retain=True)
-                for d in self.devices
-            ]
+            infos = [self.client.publish(protocol.availability_topic(self.fleet, d), b"offline", qos=1, retain=True)
+                     for d in self.devices]
             for info in infos[-1:]:
                 with _suppress():
                     info.wait_for_publish(5)
@@ -453,13 +400,9 @@ class Simulator:
         for d in self.devices.values():
             key = d.active.digest if d.active else "(none)"
             versions[key] = versions.get(key, 0) + 1
-        return {
-            "devices": len(self.devices),
-            "online": sum(d.online for d in self.devices.values()),
-            "versions": versions,
-            "failed": sum(d.status == "failed" for d in self.devices.values()),
-            "published": self.published,
-        }
+        return {"devices": len(self.devices), "online": sum(d.online for d in self.devices.values()),
+                "versions": versions, "failed": sum(d.status == "failed" for d in self.devices.values()),
+                "published": self.published}
 
 
 def _stride(labels: dict[str, list[str]], key: str) -> int:

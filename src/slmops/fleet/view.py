@@ -38,9 +38,8 @@ class DeviceView:
 class FleetView:
     """Subscribe to one fleet's device topics; safe to read from another thread."""
 
-    def __init__(
-        self, broker: mqtt.Broker, fleet: str, *, keep_windows: int = 500_000, client_id: str | None = None
-    ) -> None:
+    def __init__(self, broker: mqtt.Broker, fleet: str, *, keep_windows: int = 200_000,
+                 client_id: str | None = None) -> None:
         self.broker = broker
         self.fleet = protocol.check_name("fleet", fleet)
         self._lock = threading.Lock()
@@ -49,9 +48,8 @@ class FleetView:
         self._subscribed = threading.Event()
         self._last_msg = time.monotonic()
         self.malformed = 0
-        self.client = mqtt.make_client(
-            broker, client_id=client_id, on_connect=self._on_connect, on_message=self._on_message
-        )
+        self.client = mqtt.make_client(broker, client_id=client_id, on_connect=self._on_connect,
+                                       on_message=self._on_message)
         self.client.max_inflight_messages_set(1000)
         self.client.on_subscribe = self._on_subscribe
 
@@ -65,16 +63,16 @@ class FleetView:
 
     @property
     def connected(self) -> bool:
-        return self.client.connected_event.is_set()
+        """Connected, subscribed, and the retained burst after (re)subscribing has arrived: only
+        then does the view say what the broker holds (a half-synced view would look like
+        devices that vanished)."""
+        return (self.client.connected_event.is_set() and self._subscribed.is_set()
+                and time.monotonic() - self._last_msg >= 0.3)
 
     def _on_connect(self, client: Any) -> None:
         self._subscribed.clear()
-        client.subscribe(
-            [
-                (protocol.fleet_wildcard(self.fleet, leaf), 0)
-                for leaf in ("state", "desired", "availability", "telemetry")
-            ]
-        )
+        client.subscribe([(protocol.fleet_wildcard(self.fleet, leaf), 0)
+                          for leaf in ("state", "desired", "availability", "telemetry")])
 
     def _on_subscribe(self, *args: Any) -> None:
         self._last_msg = time.monotonic()
@@ -97,7 +95,8 @@ class FleetView:
         return dv
 
     def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
-        self._last_msg = time.monotonic()
+        if retained:  # live telemetry never stops; the retained burst after subscribing does
+            self._last_msg = time.monotonic()
         try:
             _, device_id, leaf = protocol.split_topic(topic)
             now = time.time()
@@ -131,11 +130,8 @@ class FleetView:
     def devices(self) -> dict[str, DeviceView]:
         """A snapshot: device id -> view (only devices that have reported a state)."""
         with self._lock:
-            return {
-                d: DeviceView(v.device_id, v.state, v.desired, v.online, v.last_seen, v.last_telemetry)
-                for d, v in self._devices.items()
-                if v.state is not None
-            }
+            return {d: DeviceView(v.device_id, v.state, v.desired, v.online, v.last_seen, v.last_telemetry)
+                    for d, v in self._devices.items() if v.state is not None}
 
     def windows_since(self, since: float) -> list[Window]:
         with self._lock:
@@ -145,14 +141,13 @@ class FleetView:
     def publish_desired(self, states: Mapping[str, DesiredState | None], timeout: float = 30.0) -> None:
         """Publish (retained, qos 1) each device's desired state (None clears it) and wait for
         every acknowledgement; raises :class:`~slmops.fleet.mqtt.BrokerError` when it cannot."""
-        if not self.connected:
+        if not self.client.connected_event.is_set():
             raise mqtt.BrokerError(f"not connected to the broker at {self.broker.url}.")
         infos = []
         for device_id, ds in states.items():
             payload = ds.to_payload() if ds is not None else b""
-            infos.append(
-                self.client.publish(protocol.desired_topic(self.fleet, device_id), payload, qos=1, retain=True)
-            )
+            infos.append(self.client.publish(protocol.desired_topic(self.fleet, device_id), payload, qos=1,
+                                             retain=True))
         deadline = time.monotonic() + timeout
         for info in infos:
             try:
@@ -172,10 +167,8 @@ def snapshot(broker: mqtt.Broker, fleet: str, timeout: float = 10.0) -> dict[str
     try:
         view.start()
         if not view.wait_synced(timeout):
-            raise mqtt.BrokerError(
-                f"cannot reach the MQTT broker at {broker.url} (no answer in {timeout:.0f}s).",
-                "Start one with `slmops fleet up` or pass --broker mqtt://HOST:PORT.",
-            )
+            raise mqtt.BrokerError(f"cannot reach the MQTT broker at {broker.url} (no answer in {timeout:.0f}s).",
+                                   "Start one with `slmops fleet up` or pass --broker mqtt://HOST:PORT.")
         return view.devices()
     finally:
         view.close()

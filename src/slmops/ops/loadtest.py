@@ -18,10 +18,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
+from pydantic import Field, field_validator
 
+from slmops.configs import CommandConfig
 from slmops.errors import SlmopsError
 from slmops.evaluate.perf import MB, percentile
 from slmops.models.store import ModelStore
@@ -41,37 +43,41 @@ PROMPTS = (
 )
 
 
-@dataclass(frozen=True)
-class BenchConfig:
+class BenchConfig(CommandConfig):
     """Everything one benchmark needs; field = CLI flag = Python argument."""
 
-    target: str
-    concurrency: tuple[int, ...] = (1, 2, 4, 8, 16)
-    requests_per_client: int = 2
-    max_tokens: int = 64
-    prompts: tuple[str, ...] = PROMPTS
-    warmup: int = 2
-    model: str | None = None
-    api_key: str | None = None
-    timeout_s: float = 600.0
-    max_batch_size: int = 16  # for the server we start
-    threads: int | None = None
-    output: str | None = None
+    what: ClassVar[str] = "benchmark settings"
+    example: ClassVar[str] = "Example: slmops bench smollm2-135m-instruct --concurrency 1,4 --max-tokens 32."
 
-    def validate(self) -> None:
-        problems = []
-        if not self.concurrency or any(c < 1 for c in self.concurrency):
-            problems.append(f"concurrency levels must be >= 1 (got {','.join(map(str, self.concurrency)) or 'none'})")
-        for name in ("requests_per_client", "max_tokens", "max_batch_size"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1 (got {getattr(self, name)})")
-        if self.warmup < 0:
-            problems.append(f"warmup must be >= 0 (got {self.warmup})")
-        if not self.prompts or not all(p.strip() for p in self.prompts):
-            problems.append("prompts must be non-empty strings")
-        if problems:
-            raise SlmopsError("Invalid benchmark settings: " + "; ".join(problems) + ".",
-                              "Example: slmops bench smollm2-135m-instruct --concurrency 1,4 --max-tokens 32.")
+    target: str = Field(description="A store reference (served here on a free local port) or a server URL: "
+                                    "http://host:port/v1[#model].")
+    concurrency: tuple[int, ...] = Field((1, 2, 4, 8, 16), description="Concurrent clients per level.")
+    requests_per_client: int = Field(2, ge=1, description="Streaming requests each client sends per level, "
+                                                          "one after another.")
+    max_tokens: int = Field(64, ge=1, description="max_tokens of every request.")
+    prompts: tuple[str, ...] = Field(PROMPTS, description="The fixed prompts, sent in turn.")
+    warmup: int = Field(2, ge=0, description="Requests sent before measuring.")
+    model: str | None = Field(None, description="The 'model' field to send to a URL target (default: after '#', "
+                                                "else the server's first).")
+    api_key: str | None = Field(None, description="Bearer key for a URL target (env SLMOPS_API_KEY).")
+    timeout_s: float = Field(600.0, gt=0, description="Seconds one request may take.")
+    max_batch_size: int = Field(16, ge=1, description="Batch size of the server started for a store reference.")
+    threads: int | None = Field(None, description="CPU threads for inference (default: all cores).")
+    output: str | None = Field(None, description="Write bench.json, bench.md and bench.svg (tokens/s chart) here.")
+
+    @field_validator("concurrency")
+    @classmethod
+    def _levels(cls, levels: tuple[int, ...]) -> tuple[int, ...]:
+        if not levels or any(c < 1 for c in levels):
+            raise ValueError(f"levels must be >= 1 (got {','.join(map(str, levels)) or 'none'})")
+        return levels
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts(cls, prompts: tuple[str, ...]) -> tuple[str, ...]:
+        if not prompts or not all(x.strip() for x in prompts):
+            raise ValueError("must be non-empty strings")
+        return prompts
 
 
 def parse_levels(text: str) -> tuple[int, ...]:
@@ -95,6 +101,7 @@ class Sample:
     gaps_s: tuple[float, ...] = ()  # between consecutive streamed pieces
     text: str = ""
     error: str | None = None
+    prompt_tokens: int | None = None  # from the response's usage, when the server reports it
 
 
 def chat_body(model: str, prompt: str, max_tokens: int, **extra: Any) -> dict[str, Any]:
@@ -109,6 +116,7 @@ async def stream_chat(client: httpx.AsyncClient, target: Target, body: dict[str,
     stamps: list[float] = []
     pieces: list[str] = []
     usage_tokens: int | None = None
+    prompt_tokens: int | None = None
     try:
         async with client.stream("POST", "/v1/chat/completions", json=body, headers=target.headers) as r:
             if r.status_code != 200:
@@ -122,6 +130,7 @@ async def stream_chat(client: httpx.AsyncClient, target: Target, body: dict[str,
                     return Sample(500, time.perf_counter() - t0, error=str(chunk["error"])[:200])
                 if chunk.get("usage"):
                     usage_tokens = chunk["usage"].get("completion_tokens")
+                    prompt_tokens = chunk["usage"].get("prompt_tokens")
                 for choice in chunk.get("choices") or ():
                     text = (choice.get("delta") or {}).get("content")
                     if text:
@@ -131,7 +140,8 @@ async def stream_chat(client: httpx.AsyncClient, target: Target, body: dict[str,
         return Sample(0, time.perf_counter() - t0, error=f"{type(exc).__name__}: {exc}")
     gaps = tuple(b - a for a, b in zip(stamps, stamps[1:], strict=False))
     return Sample(200, time.perf_counter() - t0, stamps[0] - t0 if stamps else None,
-                  usage_tokens if usage_tokens is not None else len(stamps), gaps, "".join(pieces))  # fmt: skip
+                  usage_tokens if usage_tokens is not None else len(stamps), gaps, "".join(pieces),
+                  prompt_tokens=prompt_tokens)  # fmt: skip
 
 
 def async_client(target: Target, concurrency: int, timeout_s: float) -> httpx.AsyncClient:
@@ -246,7 +256,6 @@ class BenchReport:
 
 
 def run_bench(config: BenchConfig, *, store: ModelStore | None = None, progress: Progress | None = None) -> BenchReport:
-    config.validate()
     say = progress or (lambda _m: None)
     options = ServerOptions(max_batch_size=config.max_batch_size, max_queue=max(64, 2 * max(config.concurrency)),
                             threads=config.threads)  # fmt: skip
@@ -254,7 +263,7 @@ def run_bench(config: BenchConfig, *, store: ModelStore | None = None, progress:
                      progress=say) as target:  # fmt: skip
         levels = asyncio.run(_sweep(config, target, say))
         report = BenchReport(config.target, target.model, target.process is not None,
-                             {**asdict(config), "api_key": None}, levels)  # fmt: skip
+                             {**config.model_dump(), "api_key": None}, levels)  # fmt: skip
     if config.output:
         report.write(Path(config.output))
     return report

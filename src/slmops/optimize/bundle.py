@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from slmops.errors import SlmopsError
+from slmops.files import file_sha256
 from slmops.models.artifacts import copy_artifact, gguf_file
-from slmops.models.pull import sha256_file
 from slmops.models.resolve import resolve
 from slmops.models.store import ModelStore
 
@@ -142,7 +142,7 @@ def export_bundle(ref: str, fmt: str, out_dir: Path, *, store: ModelStore | None
         "format": src.format,
         "parents": src.record.parents if src.record else [],
         "recipe": src.record.recipe if src.record else {},
-        "files": {str(p.relative_to(stage)): sha256_file(p) for p in sorted(stage.rglob("*")) if p.is_file()},
+        "files": {str(p.relative_to(stage)): file_sha256(p) for p in sorted(stage.rglob("*")) if p.is_file()},
     }
     (stage / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
     stage.rename(out_dir)

@@ -24,8 +24,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from pydantic import Field
+
+from slmops.configs import CommandConfig
 from slmops.errors import SlmopsError
 from slmops.models.artifacts import disk_errors, inspect, require_free_space, write_provenance
 from slmops.models.refs import name_problems, validate_name
@@ -37,8 +40,7 @@ PER_LAYER_KEYS = ("layer_types", "no_rope_layers")  # config lists with one entr
 SCORE = "block_influence"
 
 
-@dataclass(frozen=True)
-class PruneConfig:
+class PruneConfig(CommandConfig):
     """Every option of one prune run; CLI flag = Python argument (``--keep-layers`` = ``keep_layers``).
 
     ``keep_layers``: layers to keep, a count (``12``) or a fraction of the source's (``0.6``).
@@ -46,13 +48,18 @@ class PruneConfig:
     ``text``) or ``builtin:NAME``; default: the built-in held-out English text.
     """
 
-    ref: str
-    keep_layers: str | int | float
-    output: str | None = None
-    calibration: str | None = None
-    calibration_tokens: int = 2048
-    seq_len: int = 512
-    threads: int | None = None
+    what: ClassVar[str] = "prune options"
+    example: ClassVar[str] = "`slmops prune --help` lists them."
+
+    ref: str = Field(description="Source model: name, name:version, name@alias or a path.")
+    keep_layers: str | int | float = Field(description="Layers to keep: a count (12) or a fraction (0.6).")
+    output: str | None = Field(None, description="Store name of the result (default: <source>-pruned-<N>l).")
+    calibration: str | None = Field(None, description="Calibration data: a .txt file, records "
+                                                      "(prompt/messages/text) or builtin:NAME (default: built-in "
+                                                      "English text).")
+    calibration_tokens: int = Field(2048, description="Most calibration tokens to score with.")
+    seq_len: int = Field(512, description="Tokens per calibration sequence.")
+    threads: int | None = Field(None, description="CPU threads for inference (default: all cores).")
 
     def problems(self) -> list[str]:
         p: list[str] = []

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from slmops import __version__
 from slmops.errors import SlmopsError
+from slmops.files import file_sha256, write_json_atomic
 from slmops.models.store import ModelStore
 
 
@@ -29,8 +29,6 @@ def _digest(data: Any) -> str:
 
 
 def _file_digest(path: Path) -> str:
-    from slmops.train.lineage import file_sha256
-
     if path.is_file():
         return file_sha256(path)
     return _digest(sorted((str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns)
@@ -101,8 +99,6 @@ def remember(store: ModelStore, key: str, step: str, kind: str, seconds: float, 
     """Cache a finished step's outputs under its key (written atomically)."""
     folder = pipelines_dir(store) / "cache"
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{key}.tmp-{os.getpid()}"
     entry = {"key": key, "step": step, "kind": kind, "seconds": seconds, "outputs": outputs, "slmops": __version__,
              "at": datetime.now(UTC).isoformat(timespec="seconds")}
-    tmp.write_text(json.dumps(entry, default=str), encoding="utf-8")
-    os.replace(tmp, folder / f"{key}.json")
+    write_json_atomic(folder / f"{key}.json", entry, indent=None)

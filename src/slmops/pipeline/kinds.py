@@ -1,9 +1,10 @@
-"""Step kinds: what each accepts (checked when the file loads) and which function runs it.
+"""Step kinds' settings: what each accepts (checked when the file loads) and its JSON Schema.
 
 A kind's settings are the keys of the library config it calls, so a pipeline step reads like
 the command line it replaces: ``kind: finetune`` takes :class:`~slmops.train.FinetuneConfig`'s
 keys, ``kind: optimize`` takes :class:`~slmops.optimize.run.OptimizeConfig`'s, and so on.
-The runners live in :mod:`slmops.pipeline.steps`.
+The registry of kinds (:data:`slmops.pipeline.steps.KINDS`: settings, check and runner of each
+kind together) is in :mod:`slmops.pipeline.steps`, beside the runners.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from slmops.checks import parse_check
+from slmops.configs import CommandConfig
 
 Problems = list[tuple[tuple[Any, ...], str]]
 
@@ -40,7 +42,8 @@ def _got(value: Any) -> str:
 def pydantic_problems(model: type[BaseModel], values: dict[str, Any], fill: dict[str, Any] | None = None) -> Problems:
     """Validate ``values`` against ``model`` (``fill`` supplies keys the pipeline sets itself)."""
     try:
-        model(**{**(fill or {}), **values})
+        data = {**(fill or {}), **values}
+        built = model.validate_raw(data) if issubclass(model, CommandConfig) else model(**data)
     except ValidationError as exc:
         out: Problems = []
         for e in exc.errors():
@@ -50,6 +53,9 @@ def pydantic_problems(model: type[BaseModel], values: dict[str, Any], fill: dict
             out.append((loc[:1] if loc and isinstance(loc[-1], int) and len(loc) > 1 else loc,
                         e["msg"].removeprefix("Value error, ") + _got(e.get("input"))))
         return out
+    cross = getattr(built, "problems", None)  # a CommandConfig's cross-field rules
+    if callable(cross) and "${steps." not in repr(values):
+        return [((), p) for p in cross()]
     return []
 
 
@@ -111,7 +117,7 @@ class DeploySettings(_Strict):
     serve: ServeSettings | None = None
 
 
-def _check_finetune(s: dict[str, Any]) -> Problems:
+def check_finetune(s: dict[str, Any]) -> Problems:
     from slmops.train.config import FinetuneConfig
 
     return pydantic_problems(FinetuneConfig, normalize_finetune(s), {"output": "x"})
@@ -122,7 +128,7 @@ def normalize_finetune(s: dict[str, Any]) -> dict[str, Any]:
     return {**s, "data": [s["data"]]} if isinstance(s.get("data"), str) else dict(s)
 
 
-def _check_distill(s: dict[str, Any]) -> Problems:
+def check_distill(s: dict[str, Any]) -> Problems:
     from slmops.distill.config import GenerateConfig
     from slmops.train.config import FinetuneConfig
 
@@ -143,15 +149,14 @@ def _check_distill(s: dict[str, Any]) -> Problems:
     return out
 
 
-def _check_prune(s: dict[str, Any]) -> Problems:
+def check_prune(s: dict[str, Any]) -> Problems:
     from slmops.optimize.prune import PruneConfig
 
     out: Problems = [] if isinstance(s.get("model"), str) else [(("model",), "the model to prune is required")]
-    return out + dataclass_problems(PruneConfig, {k: v for k, v in s.items() if k != "model"}, {"ref": "m"},
-                                    hidden=("ref",))
+    return out + pydantic_problems(PruneConfig, {k: v for k, v in s.items() if k != "model"}, {"ref": "m"})
 
 
-def _check_optimize(s: dict[str, Any]) -> Problems:
+def check_optimize(s: dict[str, Any]) -> Problems:
     from slmops.optimize.run import OptimizeConfig
 
     out: Problems = [] if isinstance(s.get("model"), str) else [(("model",), "the model to optimize is required")]
@@ -162,7 +167,7 @@ def _check_optimize(s: dict[str, Any]) -> Problems:
     return out
 
 
-def _check_evaluate(s: dict[str, Any]) -> Problems:
+def check_evaluate(s: dict[str, Any]) -> Problems:
     from slmops.evaluate.run import EvalConfig
 
     core = {k: s[k] for k in ("models", "data", "task") if k in s}
@@ -172,7 +177,7 @@ def _check_evaluate(s: dict[str, Any]) -> Problems:
                                     hidden=("refs", "data", "task", "report_dir", "record"))
 
 
-def _check_gate(s: dict[str, Any]) -> Problems:
+def check_gate(s: dict[str, Any]) -> Problems:
     out = pydantic_problems(GateSettings, s)
     for i, check in enumerate(s.get("checks") or []):
         if isinstance(check, str):
@@ -183,29 +188,100 @@ def _check_gate(s: dict[str, Any]) -> Problems:
     return out
 
 
+# -- JSON Schema of each kind's settings (for `slmops run --schema`) ---------------------------
+def _schema_of(model: Any) -> dict[str, Any]:
+    """A pydantic model's or a dataclass's JSON Schema (``$defs`` kept; hoisted by the caller)."""
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return model.model_json_schema()
+    return TypeAdapter(model).json_schema()
+
+
+def _without(schema: dict[str, Any], *fields: str, extra: dict[str, Any] | None = None,
+             required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``schema`` less ``fields`` (set by the pipeline), plus ``extra`` properties; no extra keys."""
+    props = {k: v for k, v in schema.get("properties", {}).items() if k not in fields}
+    out = {**schema, "type": "object", "properties": {**(extra or {}), **props}, "additionalProperties": False}
+    req = [r for r in schema.get("required", []) if r not in fields] + list(required)
+    if req:
+        out["required"] = req
+    else:
+        out.pop("required", None)
+    return out
+
+
+_MODEL_KEY = {"model": {"type": "string", "description": "The source model (store reference or ${steps.X.model})."}}
+
+
+def finetune_schema() -> dict[str, Any]:
+    from slmops.train.config import FinetuneConfig
+
+    schema = _without(_schema_of(FinetuneConfig), "output", "resume")
+    data = schema["properties"].get("data", {})
+    schema["properties"]["data"] = {"anyOf": [{"type": "string"}, data], "description": data.get("description")}
+    schema["properties"]["output"] = {"type": "string", "description": "Store name (default: PIPELINE-STEP)."}
+    return schema
+
+
+def distill_schema() -> dict[str, Any]:
+    from slmops.distill.config import GenerateConfig
+    from slmops.train.config import FinetuneConfig
+
+    schema = _without(_schema_of(DistillSettings))
+    schema["properties"]["generate"] = {**_without(_schema_of(GenerateConfig), "teacher", "output", "resume"),
+                                        "description": DistillSettings.model_fields["generate"].description}
+    schema["properties"]["train"] = {**_without(_schema_of(FinetuneConfig), "model", "data", "output", "resume"),
+                                     "description": DistillSettings.model_fields["train"].description}
+    return schema
+
+
+def prune_schema() -> dict[str, Any]:
+    from slmops.optimize.prune import PruneConfig
+
+    return _without(_schema_of(PruneConfig), "ref", extra=_MODEL_KEY, required=("model",))
+
+
+def optimize_schema() -> dict[str, Any]:
+    from slmops.optimize.run import OptimizeConfig
+
+    return _without(_schema_of(OptimizeConfig), extra=_MODEL_KEY, required=("model",))
+
+
+def evaluate_schema() -> dict[str, Any]:
+    from slmops.evaluate.run import EvalConfig
+
+    core = _schema_of(EvaluateSettings)
+    schema = _without(_schema_of(EvalConfig), "refs", "data", "task", "report_dir", "record",
+                      extra=core["properties"], required=tuple(core.get("required", ())))
+    return schema
+
+
+Runner = Callable[[dict[str, Any], Any], dict[str, Any]]  # (resolved settings, StepContext) -> outputs
+
+
 @dataclass(frozen=True)
 class Kind:
+    """One step kind, whole: what it accepts, how it is checked, and what runs it.
+
+    ``settings`` (a pydantic model) checks a step's keys when the file loads and gives the
+    JSON Schema, unless ``check`` / ``schema`` say otherwise (kinds whose keys are a library
+    config's, validated with that config). ``run(settings, ctx)`` does the work and returns the
+    step's outputs (a flat dict later steps read as ``${steps.NAME.key}``).
+    """
+
     name: str
     summary: str
-    check: Callable[[dict[str, Any]], Problems]
+    run: Runner
     outputs: str
+    settings: type[BaseModel] | None = None
+    check: Callable[[dict[str, Any]], Problems] | None = None
+    schema: Callable[[], dict[str, Any]] | None = None
 
+    def problems(self, values: dict[str, Any]) -> Problems:
+        if self.check is not None:
+            return self.check(values)
+        return pydantic_problems(self.settings, values) if self.settings else []
 
-KINDS: dict[str, Kind] = {k.name: k for k in [
-    Kind("distill", "teacher answers the prompts (stage 1), the student trains on them (stage 2)", _check_distill,
-         "model, synthetic, accepted, rejected, train_loss, eval_loss, curve"),
-    Kind("finetune", "full / LoRA / QLoRA fine-tuning (the keys of `slmops finetune`)", _check_finetune,
-         "model, train_loss, eval_loss, perplexity, tokens_per_second, curve"),
-    Kind("prune", "drop the least important layers (the keys of `slmops prune`)", _check_prune,
-         "model, removed_layers, parameters"),
-    Kind("optimize", "merge, convert to ONNX GenAI or GGUF, quantize (the keys of `slmops optimize`)",
-         _check_optimize, "model, size_mb, size_reduction_pct, perplexity_increase_pct"),
-    Kind("evaluate", "task quality, latency, memory and size of several models on one test set", _check_evaluate,
-         "report, and per model label: accuracy (or the task's metrics), latency_p50_ms, latency_p95_ms, "
-         "tokens_per_second, memory_mb, size_mb, parameters"),
-    Kind("gate", "stop the pipeline unless every check holds", _check_gate, "passed, checks"),
-    Kind("register", "publish a model under a name with aliases", lambda s: pydantic_problems(RegisterSettings, s),
-         "model, aliases"),
-    Kind("deploy", "export a bundle and/or smoke-test the model behind the OpenAI-compatible server",
-         lambda s: pydantic_problems(DeploySettings, s), "model, bundle, url, answer"),
-]}
+    def json_schema(self) -> dict[str, Any]:
+        if self.schema is not None:
+            return self.schema()
+        return _without(_schema_of(self.settings)) if self.settings else {"type": "object"}

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from slmops.evaluate import svg
-from slmops.evaluate.report import CSS, write_atomic
+from slmops.evaluate.report import CSS
+from slmops.files import write_atomic
 from slmops.pipeline.spec import PipelineSpec
 from slmops.pipeline.state import PipelineRun
 

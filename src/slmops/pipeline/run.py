@@ -18,6 +18,7 @@ import secrets
 import time
 import traceback
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,55 @@ def new_run(spec: PipelineSpec, store: ModelStore) -> PipelineRun:
                       None, {s.name: StepState(s.name, s.kind) for s in spec.steps}, dict(spec.vars), os.getpid())
     run.save()
     return run
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    """What ``slmops run --dry-run`` says of one step: ``cached`` (its outputs come from the
+    cache) or ``run``, and why."""
+
+    name: str
+    kind: str
+    status: str  # cached | run
+    reason: str
+    key: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_pipeline(spec: PipelineSpec, *, store: ModelStore | None = None,
+                  force: Sequence[str] = ()) -> list[PlannedStep]:
+    """Which steps a run would take from the cache and which it would run, without running any:
+    a step is cached when every step it reads is cached and its key (computed exactly as a run
+    computes it, from the cached outputs it reads) has a cache entry."""
+    store = store or ModelStore()
+    run = PipelineRun("dry-run", Path("."), spec.name, spec.source, "planned", "", None,
+                      {s.name: StepState(s.name, s.kind) for s in spec.steps}, dict(spec.vars))
+    plan: list[PlannedStep] = []
+    for step in spec.steps:
+        state = run.steps[step.name]
+        upstream = [n for n in step.needs if run.steps[n].status != "cached"]
+        if "all" in force or step.name in force:
+            plan.append(PlannedStep(step.name, step.kind, "run", "forced (--force)"))
+        elif upstream:
+            plan.append(PlannedStep(step.name, step.kind, "run", f"after {', '.join(upstream)} runs"))
+        elif not step.cache:
+            plan.append(PlannedStep(step.name, step.kind, "run", "cache: false"))
+        else:
+            try:
+                key = step_key(step.kind, _resolve(step, run), store)
+            except SlmopsError as exc:
+                plan.append(PlannedStep(step.name, step.kind, "run", f"its inputs cannot be read yet ({exc.message})"))
+                continue
+            outputs = cached(store, key)
+            if outputs is None:
+                plan.append(PlannedStep(step.name, step.kind, "run", "no cache entry for its inputs and settings", key))
+            else:
+                state.status, state.outputs = "cached", outputs
+                plan.append(PlannedStep(step.name, step.kind, "cached", "same inputs and settings as a finished run",
+                                        key))
+    return plan
 
 
 def run_pipeline(

@@ -12,6 +12,7 @@ Every mistake is reported at once, each with the file, the line and the expected
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from slmops.errors import SlmopsError
-from slmops.pipeline.kinds import KINDS
+from slmops.pipeline.steps import KINDS
 
 REF = re.compile(r"\$\{([^}]*)\}")
 STEP_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
@@ -159,7 +160,8 @@ def references(value: Any) -> set[str]:
 
 
 def parse_assignments(items: list[str] | None) -> dict[str, Any]:
-    """``["steps=20", "teacher=x"]`` (``--set``) → variables, each value read as YAML."""
+    """``["steps=20", "steps.train.lr=1e-4"]`` (``--set``) → overrides, each value read as YAML: a
+    variable (``NAME=VALUE``) or a step's setting (``steps.NAME.KEY=VALUE``)."""
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
@@ -194,11 +196,13 @@ def parse_spec(text: str, source: str = "<pipeline>", overrides: dict[str, Any] 
     if not isinstance(variables, dict):
         problems.append((("vars",), "expected a mapping of variable names to values"))
         variables = {}
-    unknown_sets = sorted(set(overrides or {}) - set(variables))
+    step_sets = {k: v for k, v in (overrides or {}).items() if k.startswith("steps.")}
+    var_sets = {k: v for k, v in (overrides or {}).items() if k not in step_sets}
+    unknown_sets = sorted(set(var_sets) - set(variables))
     if unknown_sets:
         problems.append((("vars",), f"--set names unknown variables: {', '.join(unknown_sets)} "
                                     f"(this pipeline has: {', '.join(variables) or 'none'})"))
-    variables = {**variables, **{k: v for k, v in (overrides or {}).items() if k in variables}}
+    variables = {**variables, **{k: v for k, v in var_sets.items() if k in variables}}
 
     def var(expr: str) -> Any:
         if expr not in variables:
@@ -210,6 +214,7 @@ def parse_spec(text: str, source: str = "<pipeline>", overrides: dict[str, Any] 
     if not isinstance(raw_steps, dict) or not raw_steps:
         problems.append((("steps",), "expected a mapping of step names to steps, with at least one step"))
         raw_steps = {}
+    raw_steps = _set_step_keys(raw_steps, step_sets, problems)
     for step_name, raw in raw_steps.items():
         path: tuple[Any, ...] = ("steps", step_name)
         if not isinstance(step_name, str) or not STEP_NAME.match(step_name):
@@ -228,6 +233,34 @@ def parse_spec(text: str, source: str = "<pipeline>", overrides: dict[str, Any] 
         raise PipelineSpecError(f"{source}: {len(problems)} problem(s) in the pipeline:\n{listed}",
                                 "\nFix them and run again; `slmops run --help` shows the format.")
     return PipelineSpec(name, str(data.get("description") or ""), variables, tuple(steps), source, text, lines)
+
+
+def _set_step_keys(raw_steps: dict[str, Any], sets: dict[str, Any],
+                   problems: list[tuple[tuple[Any, ...], str]]) -> dict[str, Any]:
+    """Apply ``--set steps.NAME.KEY[.SUBKEY]=VALUE`` to a copy of the steps, before they are checked
+    (so an override is validated like a key written in the file)."""
+    if not sets:
+        return raw_steps
+    out = copy.deepcopy(raw_steps)
+    for dotted, value in sets.items():
+        parts = dotted.split(".")[1:]
+        if len(parts) < 2 or not all(parts):
+            problems.append((("steps",), f"--set {dotted}: expected steps.NAME.KEY=VALUE"))
+            continue
+        node = out.get(parts[0])
+        if not isinstance(node, dict):
+            problems.append((("steps",), f"--set {dotted}: no step {parts[0]!r} "
+                                         f"(this pipeline has: {', '.join(map(str, out)) or 'none'})"))
+            continue
+        for i, key in enumerate(parts[1:-1], 1):
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                problems.append((("steps", *parts[: i + 1]), f"--set {dotted}: {key!r} is not a mapping"))
+                break
+            node = child
+        else:
+            node[parts[-1]] = value
+    return out
 
 
 def _step(name: str, raw: dict[str, Any], path: tuple[Any, ...], earlier: list[str],
@@ -251,7 +284,7 @@ def _step(name: str, raw: dict[str, Any], path: tuple[Any, ...], earlier: list[s
     for need in meta.needs:
         if need not in earlier:
             problems.append(((*path, "needs"), f"{need!r} is not an earlier step"))
-    for loc, msg in kind.check(settings):
+    for loc, msg in kind.problems(settings):
         problems.append(((*path, *loc), msg))
     needs = tuple(s for s in earlier if s in references(settings) or s in meta.needs)
     return StepSpec(name, meta.kind, settings, needs, meta.cache, line_of(lines, path))

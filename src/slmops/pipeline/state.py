@@ -3,11 +3,11 @@ settings and outputs. Read by the runner, the report, ``slmops runs`` and the UI
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from slmops.files import write_json_atomic
 
 
 @dataclass
@@ -51,6 +51,4 @@ class PipelineRun:
         return cls(**{**data, "dir": Path(data["dir"]), "steps": steps})
 
     def save(self) -> None:
-        tmp = self.dir / f".state.json.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, self.dir / "state.json")
+        write_json_atomic(self.dir / "state.json", self.to_dict())

@@ -24,8 +24,20 @@ from slmops.pipeline.kinds import (
     DistillSettings,
     EvaluateSettings,
     GateSettings,
+    Kind,
     RegisterSettings,
+    check_distill,
+    check_evaluate,
+    check_finetune,
+    check_gate,
+    check_optimize,
+    check_prune,
+    distill_schema,
+    evaluate_schema,
+    finetune_schema,
     normalize_finetune,
+    optimize_schema,
+    prune_schema,
 )
 
 
@@ -71,9 +83,9 @@ class StepContext:
 # -- shared pieces ---------------------------------------------------------------------------
 def _finetune_resume(store: ModelStore, output: str) -> bool:
     """Continue an interrupted training of ``output`` (its checkpoints are in the trainer's run folder)."""
-    from slmops.train.checkpoint import RunDir
+    from slmops.distill.stages import training_unfinished
 
-    return RunDir(store.home / "runs" / f"finetune-{output}").unfinished()
+    return training_unfinished(store, output)
 
 
 def _curve(run_dir: Path) -> list[dict[str, float]]:
@@ -117,8 +129,7 @@ def run_finetune(settings: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
 
 def run_distill(settings: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     from slmops.distill.config import make_generate_config
-    from slmops.distill.generate import run_generate
-    from slmops.distill.train import run_train
+    from slmops.distill.stages import generate_then_train
 
     s = DistillSettings(**settings)
     # the teacher's answers depend only on the generate settings: a change to the training
@@ -127,20 +138,12 @@ def run_distill(settings: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     gen_dir = pipelines_dir(ctx.store) / "work" / f"generate-{gen_key[:20]}"
     gen_dir.mkdir(parents=True, exist_ok=True)
     gen = make_generate_config(**s.generate, teacher=s.teacher, output=gen_dir / "synthetic.jsonl", resume=True)
-    ctx.observer.message(f"stage 1: {s.teacher} answers {gen.data}")
-    g = run_generate(gen, ctx.store, ctx.observer.generate)
-    if g.counts.get("accepted", 0) == 0:
-        raise SlmopsError(f"Step {ctx.step}: the teacher's answers were all rejected ({g.counts}).",
-                          f"Look at {g.rejected_file} for the reasons; adjust the labels, prompt or max_tokens.")
-    output = s.output or ctx.default_output()
-    resume = _finetune_resume(ctx.store, output)
-    ctx.observer.message(f"stage 2: {s.student} learns {g.counts.get('accepted', 0)} accepted answers"
-                         + (" (resuming)" if resume else ""))
-    t = run_train(s.student, [g.output], output, store=ctx.store, progress=ctx.observer.train,
-                  **{**s.train, "resume": resume})
-    return {**_train_outputs(t.finetune), "model": t.record.ref, "synthetic": str(g.output),
-            "accepted": g.counts.get("accepted", 0), "rejected": sum(v for k, v in g.counts.items() if k != "accepted"),
-            "teacher_tokens_per_second": round(g.tokens_per_second, 1)}
+    two = generate_then_train(gen, s.student, s.output or ctx.default_output(), train_options=s.train,
+                              store=ctx.store, on_generate=ctx.observer.generate, on_train=ctx.observer.train,
+                              say=ctx.observer.message)
+    return {**_train_outputs(two.train.finetune), "model": two.train.record.ref, "synthetic": str(two.generate.output),
+            "accepted": two.accepted, "rejected": two.rejected,
+            "teacher_tokens_per_second": round(two.generate.tokens_per_second, 1)}
 
 
 def run_prune(settings: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
@@ -284,7 +287,72 @@ def smoke_test(model: str, prompt: str, max_tokens: int, ctx: StepContext) -> di
             "completion_tokens": reply.usage.completion_tokens if reply.usage else None}
 
 
-RUNNERS: dict[str, Callable[[dict[str, Any], StepContext], dict[str, Any]]] = {
-    "distill": run_distill, "finetune": run_finetune, "prune": run_prune, "optimize": run_optimize,
-    "evaluate": run_evaluate, "gate": run_gate, "register": run_register, "deploy": run_deploy,
-}
+def run_rollout(settings: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    """A gated, staged roll-out to a fleet (the keys of `slmops rollout start`); the pipeline's
+    process is the controller, so the step ends when the roll-out does."""
+    from slmops.fleet import rollouts
+
+    try:
+        rec = rollouts.run(rollouts.RolloutConfig(**settings), store=ctx.store, progress=ctx.observer.message)
+    except rollouts.RolloutFailed as exc:  # the outcome, with its numbers, goes into the run report
+        raise GateFailed(ctx.step, [f"roll-out {exc.record.id} rolled back: {exc.record.reason}"],
+                         rollouts.outputs(exc.record)) from None
+    return rollouts.outputs(rec)
+
+
+# -- the kinds: one entry each, settings + check + runner together ----------------------------
+# To add a kind: write its settings model (a pydantic model, in kinds.py or beside the runner),
+# its runner ``run_x(settings, ctx) -> outputs`` above, and one ``Kind(...)`` line here. The spec
+# parser validates steps with ``Kind.problems``, the runner runs ``Kind.run``, and the pipeline's
+# JSON Schema (``slmops run --schema``, docs/pipeline.schema.json) lists ``Kind.json_schema()``;
+# regenerate the committed schema with ``python -m slmops.pipeline.schema > docs/pipeline.schema.json``.
+KINDS: dict[str, Kind] = {k.name: k for k in [
+    Kind("distill", "teacher answers the prompts (stage 1), the student trains on them (stage 2)", run_distill,
+         "model, synthetic, accepted, rejected, train_loss, eval_loss, curve", check=check_distill,
+         schema=distill_schema),
+    Kind("finetune", "full / LoRA / QLoRA fine-tuning (the keys of `slmops finetune`)", run_finetune,
+         "model, train_loss, eval_loss, perplexity, tokens_per_second, curve", check=check_finetune,
+         schema=finetune_schema),
+    Kind("prune", "drop the least important layers (the keys of `slmops prune`)", run_prune,
+         "model, removed_layers, parameters", check=check_prune, schema=prune_schema),
+    Kind("optimize", "merge, convert to ONNX GenAI or GGUF, quantize (the keys of `slmops optimize`)", run_optimize,
+         "model, size_mb, size_reduction_pct, perplexity_increase_pct", check=check_optimize, schema=optimize_schema),
+    Kind("evaluate", "task quality, latency, memory and size of several models on one test set", run_evaluate,
+         "report, and per model label: accuracy (or the task's metrics), latency_p50_ms, latency_p95_ms, "
+         "tokens_per_second, memory_mb, size_mb, parameters", check=check_evaluate, schema=evaluate_schema),
+    Kind("gate", "stop the pipeline unless every check holds", run_gate, "passed, checks", GateSettings,
+         check=check_gate),
+    Kind("register", "publish a model under a name with aliases", run_register, "model, aliases", RegisterSettings),
+    Kind("deploy", "export a bundle and/or smoke-test the model behind the OpenAI-compatible server", run_deploy,
+         "model, bundle, url, answer", DeploySettings),
+    Kind("rollout", "staged roll-out to a fleet, gated on device telemetry, rolled back when it fails "
+         "(the keys of `slmops rollout start`)", run_rollout,
+         "rollout, status, digest, devices, touched, waves_passed, last_gate, wave_values, baseline_values",
+         check=lambda s: _rollout_problems(s), schema=lambda: _rollout_schema()),
+]}
+RUNNERS = {name: kind.run for name, kind in KINDS.items()}
+
+
+def _rollout_problems(values: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+    from slmops.fleet.rollouts import RolloutConfig
+    from slmops.pipeline.kinds import pydantic_problems
+
+    problems = pydantic_problems(RolloutConfig, values)
+    if not problems:  # waves, gate names and budgets are checked when the file loads too
+        from slmops.fleet.gate import gate_names
+        from slmops.fleet.waves import parse_budget, parse_waves
+
+        for key, check in (("waves", parse_waves), ("gate", gate_names), ("max_unavailable", parse_budget)):
+            value = values.get(key)
+            if isinstance(value, str) and "${" not in value:
+                try:
+                    check(value)
+                except SlmopsError as exc:
+                    problems.append(((key,), exc.message))
+    return problems
+
+
+def _rollout_schema() -> dict[str, Any]:
+    from slmops.fleet.rollouts import RolloutConfig
+
+    return RolloutConfig.model_json_schema()

@@ -43,6 +43,18 @@ class ServeMetrics:
         )
         self.queue_depth = Gauge("slmops_queue_depth", "Requests waiting to join the batch.", LABELS, registry=r)
         self.batch_size = Gauge("slmops_batch_size", "Requests in the running batch.", LABELS, registry=r)
+        self.prefix_hits = Gauge(
+            "slmops_prefix_cache_hits", "Prompts that reused cached prefix KV (since the model loaded).", LABELS,
+            registry=r,
+        )
+        self.prefix_misses = Gauge(
+            "slmops_prefix_cache_misses", "Prompts with no cached prefix (since the model loaded).", LABELS, registry=r
+        )
+        self.prefix_tokens = Gauge(
+            "slmops_prefix_cache_hit_tokens", "Prompt tokens not prefilled thanks to the prefix cache.", LABELS,
+            registry=r,
+        )
+        self.prefix_bytes = Gauge("slmops_prefix_cache_bytes", "Memory held by the prefix cache.", LABELS, registry=r)
         self.model_memory = Gauge(
             "slmops_model_memory_bytes", "Weights and buffers of a loaded model in memory.", LABELS, registry=r
         )
@@ -104,4 +116,11 @@ class ServeMetrics:
         for w in workers:
             self.queue_depth.labels(*split_version(w.name)).set(w.queue_depth)
             self.batch_size.labels(*split_version(w.name)).set(w.running)
+            cache = getattr(w.engine, "prefix_cache", None)
+            if cache is not None:
+                labels = split_version(w.name)
+                self.prefix_hits.labels(*labels).set(cache.stats.hits)
+                self.prefix_misses.labels(*labels).set(cache.stats.misses)
+                self.prefix_tokens.labels(*labels).set(cache.stats.hit_tokens)
+                self.prefix_bytes.labels(*labels).set(cache.bytes)
         return generate_latest(self.registry)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from slmops.errors import DataError
+from slmops.files import atomic_path
 
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
@@ -151,11 +152,9 @@ def prompts_from_logs(paths: Iterable[Path], *, only_ok: bool = True, dedupe: bo
 
 def write_prompts(paths: Iterable[Path], output: Path, **kwargs: Any) -> int:
     """Write :func:`prompts_from_logs` to a JSONL file atomically; returns the record count."""
-    tmp = output.with_name(output.name + ".tmp")
     count = 0
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_path(output) as tmp, tmp.open("w", encoding="utf-8") as f:
         for rec in prompts_from_logs(paths, **kwargs):
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             count += 1
-    os.replace(tmp, output)
     return count

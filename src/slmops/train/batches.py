@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -32,6 +32,13 @@ class Batch:
     @property
     def target_tokens(self) -> int:
         return int((self.targets != IGNORE).sum())
+
+    def to(self, device: torch.device | str) -> Batch:
+        """The batch on ``device`` (itself when already there)."""
+        if self.input_ids.device == torch.device(device):
+            return self
+        return replace(self, input_ids=self.input_ids.to(device), position_ids=self.position_ids.to(device),
+                       targets=self.targets.to(device))  # fmt: skip
 
 
 def split_eval(examples: Sequence[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:

@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from slmops.errors import SlmopsError
+from slmops.files import atomic_path, write_atomic, write_json_atomic
 
 _STEP = re.compile(r"^step-(\d+)$")
 _BEST = re.compile(r"^best-step-(\d+)\.safetensors$")
@@ -98,9 +99,7 @@ class RunDir:
             return {}
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
-        tmp = self.path / f".{name}.tmp"
-        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path / name)
+        write_json_atomic(self.path / name, data)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save(
@@ -168,9 +167,8 @@ class RunDir:
 
     def save_best(self, model: torch.nn.Module, step: int) -> None:
         final = self.path / f"best-step-{step:06d}.safetensors"
-        tmp = self.path / f".{final.name}.tmp"
-        save_file(trainable_state(model), str(tmp))
-        os.replace(tmp, final)
+        with atomic_path(final) as tmp:
+            save_file(trainable_state(model), str(tmp))
 
     def best_weights(self, step: int) -> Path | None:
         path = self.path / f"best-step-{step:06d}.safetensors"
@@ -190,6 +188,4 @@ class RunDir:
                     kept.append(line)
             except json.JSONDecodeError:  # a line cut short by the kill
                 continue
-        tmp = self.metrics.with_suffix(".tmp")
-        tmp.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
-        os.replace(tmp, self.metrics)
+        write_atomic(self.metrics, "".join(ln + "\n" for ln in kept))

@@ -155,21 +155,28 @@ def train(
     notify(TrainEvent("start", step=tracker.step, total_steps=total, message=f"{len(s.train_set.examples)} examples"))
 
     # -- 3. the training loop -----------------------------------------------------------------
+    def step_loss(m: Any, b: Any) -> torch.Tensor:
+        return token_loss_sum(m, b) if teacher is None else kd_loss_sum(m, teacher, b, kd)
+
+    ddp = dist.wrap(model, step_loss)  # GPU ranks: DistributedDataParallel sums the gradients
     model.train()
     stopped_early = config.patience is not None and tracker.bad_evals >= config.patience
     pruned = False
     while tracker.step < total and not stopped_early and not pruned:
         t0 = time.perf_counter()
         shards = [dist.shard(plan.micro_batch(tracker.step * config.grad_accum + i)) for i in range(config.grad_accum)]
-        micro = [collate(rows, pad_id) for rows in shards if rows]
+        micro = [collate(rows, pad_id).to(dist.device) for rows in shards if rows]
         n_targets = max(1.0, dist.sum([sum(b.target_tokens for b in micro)])[0])  # over every process
         loss_value = 0.0
-        for batch in micro:
-            loss_sum = token_loss_sum(model, batch) if teacher is None else kd_loss_sum(model, teacher, batch, kd)
-            loss = loss_sum / n_targets
-            loss.backward()
-            loss_value += loss.item()
-        loss_value, step_tokens = dist.reduce_grads(params, [loss_value, sum(b.tokens for b in micro)])
+        for i, batch in enumerate(micro):
+            if ddp is None:
+                loss = step_loss(model, batch) / n_targets
+                loss.backward()
+                loss_value += loss.item()
+            else:
+                loss_value += ddp.backward(batch, n_targets, last=i == len(micro) - 1).item() / n_targets
+        step_extra = [loss_value, sum(b.tokens for b in micro)]
+        loss_value, step_tokens = dist.reduce_grads(params, step_extra) if ddp is None else dist.sum(step_extra)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()

@@ -3,12 +3,11 @@ metrics, and its registration in the store from a staging folder."""
 
 from __future__ import annotations
 
-import hashlib
 import math
-from pathlib import Path
 from typing import Any
 
 from slmops.data.examples import ExampleSet
+from slmops.files import file_sha256
 from slmops.models.artifacts import write_provenance
 from slmops.models.resolve import ResolvedModel
 from slmops.models.store import ModelRecord, ModelStore
@@ -32,14 +31,6 @@ def kd_lineage(config: FinetuneConfig, teacher_ref: str) -> dict[str, Any]:
     """The logit-KD part of a recipe: the resolved teacher and the loss settings."""
     return {"teacher": teacher_ref, "loss": config.kd_loss, "temperature": config.kd_temperature,
             "weight": config.kd_weight, "top_k": config.kd_top_k}  # fmt: skip
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def register(

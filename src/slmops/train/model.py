@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ import torch
 from slmops.errors import SlmopsError
 from slmops.models.resolve import ResolvedModel
 from slmops.train.config import FinetuneConfig
+
+EMBEDDING_MODULES = ("embed_tokens", "lm_head")  # peft's EMBEDDING_LAYER_NAMES
 
 
 def load_tokenizer(resolved: ResolvedModel) -> Any:
@@ -85,7 +88,8 @@ def _nf4_config() -> Any:
         from transformers import BitsAndBytesConfig
     except ImportError as exc:
         raise SlmopsError(
-            "--method qlora needs the bitsandbytes package.", "Install it: pip install bitsandbytes."
+            "--method qlora needs the bitsandbytes package, from the qlora extra.",
+            "Install it: pip install 'slmops[qlora]'.",
         ) from exc
     return BitsAndBytesConfig(
         load_in_4bit=True,
@@ -124,7 +128,9 @@ def _add_lora(model: Any, config: FinetuneConfig) -> Any:
         task_type="CAUSAL_LM",
     )
     try:
-        return get_peft_model(model, lora)
+        with warnings.catch_warnings():  # peft calls a transformers method deprecated in favour of another
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return get_peft_model(model, lora)
     except ValueError as exc:  # e.g. target modules not found in the model
         names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
         raise SlmopsError(
@@ -161,7 +167,12 @@ def save_result(model: Any, tokenizer: Any, folder: Path, *, method: str, base_r
     if method == "full":
         model.save_pretrained(folder, safe_serialization=True)
     else:
-        model.peft_config["default"].base_model_name_or_path = base_ref
-        model.save_pretrained(folder)
+        config = model.peft_config["default"]
+        config.base_model_name_or_path = base_ref
+        # say whether the embeddings were trained (peft would otherwise look for the base's config.json at
+        # base_ref, a store reference, and warn that it cannot find one); training never resizes them
+        targets = config.target_modules
+        embeddings = "auto" if isinstance(targets, str) else any(t in EMBEDDING_MODULES for t in targets or ())
+        model.save_pretrained(folder, save_embedding_layers=embeddings)
         (folder / "README.md").unlink(missing_ok=True)
     tokenizer.save_pretrained(folder)

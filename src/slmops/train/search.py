@@ -145,7 +145,9 @@ def _optuna() -> Any:
     try:
         import optuna
     except ImportError as exc:
-        raise SlmopsError("--search needs the optuna package.", "Install it: pip install optuna.") from exc
+        raise SlmopsError(
+            "--search needs the optuna package, from the search extra.", "Install it: pip install 'slmops[search]'."
+        ) from exc
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
 

@@ -61,6 +61,10 @@ def prepare(
     say(f"loading {resolved.label} for {config.method} fine-tuning" + (f" ({dist.world} processes)" * dist.active))
     torch.manual_seed(config.seed)  # LoRA initialisation, then dropout
     model = load_for_training(resolved, config)
+    if dist.device != "cpu":  # a torchrun rank with its own GPU: the model, the teacher and every batch live there
+        model.to(dist.device)
+        if teacher is not None:
+            teacher.to(dist.device)
     if dist.active:
         dist.broadcast_params(model)
         torch.manual_seed(config.seed + 7919 * dist.rank)  # each process its own dropout masks
@@ -70,6 +74,7 @@ def prepare(
     plan = BatchPlan(rows, config.batch_size * dist.world, config.seed)
     pad_id = tokenizer.pad_token_id
     evals = eval_batches(eval_examples, config.max_seq_len, config.batch_size, pad_id) if eval_examples else []
+    evals = [b.to(dist.device) for b in evals]
     total = config.max_steps or math.ceil(config.epochs * plan.per_epoch / config.grad_accum)
     return Setup(config, resolved, base_ref, tokenizer, model, train_set, eval_examples, plan, dist.shard(evals), total,
                  teacher, teacher_ref)  # fmt: skip

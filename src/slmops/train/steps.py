@@ -122,6 +122,7 @@ def _hidden_shared(decoder: Any, batch: Batch) -> torch.Tensor | None:
     for layer in cache.layers:  # every row sees the same prefix keys and values (gradients add up)
         layer.keys = layer.keys.expand(rows, -1, -1, -1)
         layer.values = layer.values.expand(rows, -1, -1, -1)
-    mask = (torch.arange(ids.shape[1])[None, :] < torch.tensor(batch.lengths)[:, None]).long()
+    lengths = torch.tensor(batch.lengths, device=ids.device)
+    mask = (torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]).long()
     tail = decoder(input_ids=ids[:, n:], position_ids=pos[:, n:], attention_mask=mask, cache=cache, use_cache=True)
     return torch.cat([head.last_hidden_state.expand(rows, -1, -1), tail.last_hidden_state], dim=1)

@@ -4,6 +4,7 @@ a small script for the live charts. Every asset is in the package; nothing comes
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -12,12 +13,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.concurrency import run_in_threadpool
 
 from slmops import __version__
 from slmops.errors import ModelNotFoundError, SlmopsError
 from slmops.models.lineage import lineage
 from slmops.models.store import ModelStore
 from slmops.pipeline.runs import list_runs, load_run
+from slmops.ui import fleet as fleet_views
 from slmops.ui import graph as lineage_graph
 from slmops.ui import views
 from slmops.ui.config import UIConfig
@@ -46,9 +49,17 @@ def create_ui_app(store: ModelStore, config: UIConfig | None = None) -> FastAPI:
     config = config or UIConfig()
     guard = Guard(config.api_key, config.host)
     monitors = [EndpointMonitor(url, config.endpoint_key, window_s=config.window_s) for url in config.serve]
+    fleet = fleet_views.FleetWatch(store.home, config.broker, config.fleets)
     env = _env()
-    app = FastAPI(title="slmops ui", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        fleet.close()
+
+    app = FastAPI(title="slmops ui", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.store, app.state.config, app.state.guard, app.state.monitors = store, config, guard, monitors
+    app.state.fleet = fleet
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     def page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -86,7 +97,8 @@ def create_ui_app(store: ModelStore, config: UIConfig | None = None) -> FastAPI:
 
     @app.exception_handler(SlmopsError)
     async def not_found(request: Request, exc: SlmopsError) -> Response:
-        status = 404 if isinstance(exc, ModelNotFoundError) or "No pipeline run" in exc.message else 400
+        missing = exc.message.lower().startswith(("no pipeline run", "no roll-out"))
+        status = 404 if isinstance(exc, ModelNotFoundError) or missing else 400
         return refusal(request, Refused(status, str(exc)))
 
     # -- sign in ------------------------------------------------------------------------------
@@ -134,10 +146,28 @@ def create_ui_app(store: ModelStore, config: UIConfig | None = None) -> FastAPI:
     async def models_table(request: Request, q: str = "", format: str = "") -> HTMLResponse:
         return page(request, "models_rows.html", records=model_rows(q, format), headline=views.headline_metrics)
 
+    async def deployments() -> dict[str, list[lineage_graph.Node]]:
+        """Where store versions run: watched servers that have them loaded, and fleet roll-outs."""
+        out: dict[str, list[lineage_graph.Node]] = {}
+        for mon in monitors:
+            for key in await mon.loaded():
+                out.setdefault(key, []).append(lineage_graph.Node(
+                    f"serve:{mon.url}", "deployment", mon.url.split("://", 1)[-1], "served", "/serving"))
+        try:
+            records = fleet.rollouts()
+        except (SlmopsError, OSError):
+            records = []
+        for r in records:
+            if r.target.source:
+                out.setdefault(r.target.source, []).append(lineage_graph.Node(
+                    f"rollout:{r.id}", "deployment", f"fleet {r.fleet}", f"roll-out {r.status}",
+                    f"/fleet/rollouts/{quote(r.id)}"))
+        return out
+
     @app.get("/models/{name}/{version}")
     async def model_page(request: Request, name: str, version: str) -> HTMLResponse:
         rec = store.get(name if version == "latest" else f"{name}:{version}")
-        graph = lineage_graph.build_graph(store, rec.ref)
+        graph = lineage_graph.build_graph(store, rec.ref, await deployments())
         return page(request, "model.html", rec=rec, graph_svg=lineage_graph.render_svg(graph), graph=graph,
                     nodes=lineage(store, rec.ref),
                     children=views.children(store, rec), versions=store.versions(rec.name),
@@ -240,5 +270,42 @@ def create_ui_app(store: ModelStore, config: UIConfig | None = None) -> FastAPI:
         found, why = await mon.routes()
         message = f"{name}: " + ", ".join(f"{k} {v:g}" for k, v in new.items())
         return page(request, "routes.html", i=i, routes=found, why=why, message=message)
+
+    # -- fleet --------------------------------------------------------------------------------
+    @app.get("/fleet")
+    async def fleet_page(request: Request) -> HTMLResponse:
+        return page(request, "fleet.html", fleets=fleet.names(), broker=fleet.broker())
+
+    @app.get("/fleet/{name}/panel")
+    async def fleet_panel(request: Request, name: str) -> HTMLResponse:
+        devices, why = await run_in_threadpool(fleet.devices, name)
+        return page(request, "fleet_panel.html", name=name, devices=devices, why=why,
+                    versions=fleet_views.version_counts(devices), rollouts=fleet.rollouts(name),
+                    short=fleet_views.short, ago=fleet_views.ago)
+
+    def rollout_context(rollout_id: str) -> dict[str, Any]:
+        rec = fleet.rollout(rollout_id)
+        return {"rec": rec, "waves": fleet_views.waves(rec), "allowed": fleet_views.allowed(rec),
+                "short": fleet_views.short, "ago": fleet_views.ago, "gate_keys": fleet_views.GATE_KEYS}
+
+    @app.get("/fleet/rollouts/{rollout_id}")
+    async def rollout_page(request: Request, rollout_id: str) -> HTMLResponse:
+        return page(request, "rollout.html", message=None, **rollout_context(rollout_id))
+
+    @app.get("/fleet/rollouts/{rollout_id}/progress")
+    async def rollout_progress(request: Request, rollout_id: str) -> HTMLResponse:
+        return page(request, "rollout_progress.html", message=None, **rollout_context(rollout_id))
+
+    @app.post("/fleet/rollouts/{rollout_id}/{action}")
+    async def rollout_action(request: Request, rollout_id: str, action: str) -> Response:
+        form = await _form(request)
+        guard.check_action(request, form.get("csrf"))
+        try:
+            await run_in_threadpool(fleet.act, rollout_id, action)
+        except SlmopsError as exc:
+            raise Refused(409, str(exc)) from exc
+        if not request.headers.get("hx-request"):
+            return RedirectResponse(f"/fleet/rollouts/{quote(rollout_id)}", status_code=303)
+        return page(request, "rollout_progress.html", message=f"{action}: done", **rollout_context(rollout_id))
 
     return app

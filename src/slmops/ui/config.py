@@ -18,6 +18,8 @@ class UIConfig:
     serve_api_key: str | None = None  # their API key (/metrics, /admin/routes); default: api_key
     refresh_s: float = 1.0  # how often the live charts poll
     window_s: float = 5.0  # rates and quantiles over this many seconds
+    broker: str | None = None  # the fleet's MQTT broker (default: $SLMOPS_BROKER, else what `fleet up` recorded)
+    fleets: tuple[str, ...] = ()  # fleets to show besides those with roll-outs
 
     def __post_init__(self) -> None:
         problems = []

@@ -72,8 +72,9 @@ def _find(store: ModelStore, ref: str) -> ModelRecord | None:
         return None
 
 
-def build_graph(store: ModelStore, ref: str) -> Graph:
-    """The graph around one version: every ancestor with its inputs, the descendants, aliases."""
+def build_graph(store: ModelStore, ref: str, deployments: dict[str, list[Node]] | None = None) -> Graph:
+    """The graph around one version: every ancestor with its inputs, the descendants, aliases,
+    and ``deployments`` (model ref -> nodes: the servers and fleets running it)."""
     graph = Graph()
     target = store.get(ref)
     records = {r.ref: r for r in store.list()}
@@ -117,6 +118,8 @@ def build_graph(store: ModelStore, ref: str) -> Graph:
             dep = graph.add(Node(f"alias:{rec.name}@{alias}", "deployment", f"{rec.name}@{alias}", "alias",
                                  node.href))
             graph.link(node.id, dep.id, "alias")
+        for dep in (deployments or {}).get(node.label, []):
+            graph.link(node.id, graph.add(dep).id, dep.sub)
     _layers(graph)
     return graph
 

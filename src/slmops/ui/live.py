@@ -176,6 +176,15 @@ class EndpointMonitor:
                 "server_memory_mb": None if rss is None else round(rss / 2**20, 1),
                 "versions": derive(snap, base)}
 
+    async def loaded(self) -> list[str]:
+        """The model keys the server has in memory (``/health``; empty when it does not answer)."""
+        try:
+            async with httpx.AsyncClient(timeout=1.0) as client:
+                resp = await client.get(self.url + "/health")
+            return [str(k) for k in resp.json().get("loaded", [])] if resp.status_code == 200 else []
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return []
+
     async def routes(self) -> tuple[dict[str, dict[str, float]] | None, str | None]:
         """(routes, why not): the canary routes, or ``None`` and the reason they cannot be read."""
         try:
