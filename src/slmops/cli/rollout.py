@@ -284,7 +284,7 @@ def fleet_simulate(
     fleet: FleetOpt,
     devices: Annotated[int, typer.Option("--devices", min=1, help="How many simulated devices.")] = 1000,
     faults: Annotated[list[str] | None, typer.Option(
-        "--fault", help="KIND:VALUE[@k=v][/DIGEST], kinds probe latency errors download offline flap (repeat).")]
+        "--fault", help="KIND:VALUE, optionally @k=v and /DIGEST; kinds probe latency errors download offline flap.")]
     = None,
     labels: Annotated[str, typer.Option("--labels", help="Labels spread over the devices: k=v1|v2,k2=...")]
     = "zone=a|b|c",
