@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from slmops.errors import SlmopsError
-from slmops.models.variants import fast_variant
+from slmops.optimize.variants import fast_variant
 
 NAME = "smollm2-135m-instruct"  # a catalog name; the store holds the tiny model under it (no pull)
 

@@ -52,7 +52,7 @@ def open_with_adapter(ref: str, adapter: str | None, threads: int | None, precis
     or, when ``ref`` already names several (``BASE+A,B``), the same engine, checked to hold it.
     Without one, a bare built-in name runs as its fast variant unless ``precision`` is fp32."""
     if adapter is None:
-        from slmops.models.variants import fast_variant
+        from slmops.optimize.variants import fast_variant
 
         variant = fast_variant(ref, open_store(), precision=precision, progress=status)
         if variant.note:
@@ -110,7 +110,7 @@ def generate(
     # validate the whole prompts file before loading (or pulling) a model
     pairs = read_prompt_file(input, params, raw=raw, system=system) if input is not None else []
     pairs = [(rec, replace(req, adapter=adapter)) for rec, req in pairs]
-    from slmops.models.variants import check_precision
+    from slmops.optimize.variants import check_precision
 
     check_precision(precision)
     engine = open_with_adapter(ref, adapter, threads, precision)

@@ -63,7 +63,7 @@ def serve(
 
     Example: slmops serve smollm2-135m-instruct --port 8000
     """
-    from slmops.models.variants import check_precision, fast_variant
+    from slmops.optimize.variants import check_precision, fast_variant
     from slmops.serve import ServeConfig, create_app
     from slmops.serve.canary import parse_route
     from slmops.serve.runner import run
