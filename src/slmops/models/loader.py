@@ -3,12 +3,22 @@ adapter on top of either)."""
 
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
 
 from slmops.errors import InvalidModelError
 from slmops.models.artifacts import TOKENIZER_FILES
+
+# transformers builds models inside context managers that monkeypatch process-wide state
+# (``no_init_weights`` swaps ``PreTrainedModel.init_weights`` and torch's init functions,
+# ``no_tie_weights`` swaps ``tie_weights``) and restore it on exit. Two threads building at
+# once interleave the swaps and can leave the patched versions in place for good: every
+# later model then has uninitialised weights (NaN logits) or untied meta-device heads. Every
+# model construction in slmops (a server loading a version beside the one it serves, a
+# fleet agent warming a new version) holds this lock.
+MODEL_INIT_LOCK = threading.RLock()
 
 
 def load_causal_lm(
@@ -22,7 +32,8 @@ def load_causal_lm(
     quant = {"quantization_config": quantization_config} if quantization_config is not None else {}
     tokenizer = load_tokenizer(path, gguf_file=gguf_file)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kwargs, **quant)
+        with MODEL_INIT_LOCK:
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kwargs, **quant)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise InvalidModelError(
             f"Could not load the model at {path} ({type(exc).__name__}: {exc}).",
@@ -66,7 +77,8 @@ def load_with_adapter(
     try:
         with warnings.catch_warnings():  # peft's deprecation chatter is not the user's business
             warnings.simplefilter("ignore")
-            model = PeftModel.from_pretrained(model, str(adapter_dir))
+            with MODEL_INIT_LOCK:
+                model = PeftModel.from_pretrained(model, str(adapter_dir))
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise InvalidModelError(
             f"Could not apply the adapter at {adapter_dir} to its base at {base_dir} ({type(exc).__name__}: {exc}).",
@@ -97,7 +109,8 @@ def load_with_adapters(adapters: dict[str, Path], base_dir: Path, *, gguf_file: 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            model = PeftModel.from_pretrained(model, str(first[1]), adapter_name=first[0])
+            with MODEL_INIT_LOCK:
+                model = PeftModel.from_pretrained(model, str(first[1]), adapter_name=first[0])
             for name, folder in rest:
                 model.load_adapter(str(folder), adapter_name=name)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:

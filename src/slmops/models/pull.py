@@ -30,6 +30,7 @@ from slmops.models.artifacts import (
     write_provenance,
 )
 from slmops.models.catalog import CATALOG, CatalogEntry, HubSource, PypiSource
+from slmops.models.loader import MODEL_INIT_LOCK
 from slmops.models.refs import suggest
 from slmops.models.store import ModelRecord, ModelStore
 
@@ -147,7 +148,8 @@ def gguf_to_hf(gguf_path: Path, out_dir: Path, *, chat_template: str | None = No
     folder, fname = str(gguf_path.parent), gguf_path.name
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype="float32")
+        with MODEL_INIT_LOCK:
+            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype="float32")
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
         raise InvalidModelError(
             f"Could not convert {gguf_path} ({type(exc).__name__}: {exc}).",
