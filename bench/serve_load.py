@@ -87,6 +87,7 @@ async def mixed_load(target: Target, n: int, concurrency: int, max_tokens: int) 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=MODEL, help=f"model to serve (default {MODEL}; e.g. an int4 ONNX build)")
     ap.add_argument("--max-tokens", type=int, default=48, help="max_tokens for the throughput comparisons")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--per-level", type=int, default=2, help="requests per client in the 1-vs-8 comparison")
@@ -102,21 +103,23 @@ def main() -> None:
         args.repeats, args.mixed, args.soak, args.max_tokens = 1, 40, 20, 16
     store = ModelStore()
     pull(MODEL, store)
+    model = args.model
     prompt = PROMPTS[0]
     now = datetime.now(UTC).isoformat(timespec="seconds")
-    out: dict[str, Any] = {"bench": "serve_load", "model": MODEL, "date": now,
+    out: dict[str, Any] = {"bench": "serve_load", "model": model, "date": now,
                            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "threads": args.threads,
                            "load_avg_start": round(os.getloadavg()[0], 2), "max_tokens": args.max_tokens}  # fmt: skip
 
     # 1a. the engine alone, in this process
     if "single" in parts:
-        with open_engine(MODEL, store, threads=args.threads) as engine:
+        with open_engine(model, store, threads=args.threads) as engine:
             engine_stream_tps(engine, prompt, 8)  # warm-up
             runs = [engine_stream_tps(engine, prompt, args.max_tokens) for _ in range(args.repeats)]
         engine_tps = statistics.median(t for t, _ in runs)
 
-    options = ServerOptions(max_batch_size=16, max_queue=256, threads=args.threads)
-    with open_target(MODEL, store, options=options, progress=print) as target:
+    # fp32: the server runs exactly --model, as the in-process engine does (no int4 variant swap)
+    options = ServerOptions(max_batch_size=16, max_queue=256, threads=args.threads, precision="fp32")
+    with open_target(model, store, options=options, progress=print) as target:
         if "single" in parts:  # 1b. one stream through HTTP, against 1a
             single_stream(target, prompt, args, engine_tps, out)
         if "concurrency" in parts:
@@ -157,7 +160,7 @@ def load(target: Target, args: argparse.Namespace, out: dict) -> None:
     print(f"mixed: {mixed['requests']} requests at concurrency 32 in {mixed['wall_s']} s, statuses "
           f"{mixed['statuses']}, 5xx {mixed['server_errors_5xx']}, broken {mixed['broken']} "
           "(target 0)")  # fmt: skip
-    soak = memory_soak(target, ValidateConfig(MODEL, "", soak_requests=args.soak, warmup=0, concurrency=8))
+    soak = memory_soak(target, ValidateConfig(args.model, "", soak_requests=args.soak, warmup=0, concurrency=8))
     out["soak"] = {"requests": args.soak, "rss_growth": soak.figure, "detail": soak.detail, "target": "<= 5%",
                    "passed": soak.status == "pass"}  # fmt: skip
     print(f"soak: RSS growth {soak.figure} ({soak.detail}) (target <= 5%)")

@@ -33,6 +33,10 @@ from slmops.errors import SlmopsError
 from slmops.generate import generate_batches, generate_file
 
 RefArg = Annotated[str, typer.Argument(help="Model: name, name:version, name@alias, a path, or an OpenAI URL#model.")]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option("--precision", help="auto: a built-in model runs as its int4 ONNX variant (built once); fp32: as is."),
+]
 JsonSchemaOpt = Annotated[
     Path | None,
     typer.Option("--json-schema", help="Answer only JSON valid against this JSON Schema file (constrained decoding)."),
@@ -43,9 +47,17 @@ AdapterOpt = Annotated[
 ]
 
 
-def open_with_adapter(ref: str, adapter: str | None, threads: int | None) -> Engine:
+def open_with_adapter(ref: str, adapter: str | None, threads: int | None, precision: str = "fp32") -> Engine:
     """The engine for ``ref``; with ``adapter``, the base holding that adapter (``BASE+ADAPTER``),
-    or, when ``ref`` already names several (``BASE+A,B``), the same engine, checked to hold it."""
+    or, when ``ref`` already names several (``BASE+A,B``), the same engine, checked to hold it.
+    Without one, a bare built-in name runs as its fast variant unless ``precision`` is fp32."""
+    if adapter is None:
+        from slmops.models.variants import fast_variant
+
+        variant = fast_variant(ref, open_store(), precision=precision, progress=status)
+        if variant.note:
+            err_console.print(f"[dim]{variant.note}[/dim]")
+        ref = variant.ref
     if adapter is not None:
         multi = parse_multi_ref(ref)
         if multi is None:
@@ -70,6 +82,7 @@ def generate(
     seed: SeedOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Prompts per batch for --input.")] = 32,
     adapter: AdapterOpt = None,
+    precision: PrecisionOpt = "auto",
     json_schema: JsonSchemaOpt = None,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
@@ -82,6 +95,8 @@ def generate(
     Records in --input have a 'prompt' string or a 'messages' list; --output gets each
     record back with 'output', 'finish_reason' and token counts. --adapter NAME answers with
     one of the LoRA adapters trained on the base REF (the base is loaded once, unmerged).
+    A built-in model named without a version runs as its int4 ONNX variant (built and
+    registered on first use); name a version or pass --precision fp32 for the original.
 
     Example: slmops generate smollm2-135m-instruct --adapter my-adapter --prompt "What is the capital of France?"
     """
@@ -95,7 +110,10 @@ def generate(
     # validate the whole prompts file before loading (or pulling) a model
     pairs = read_prompt_file(input, params, raw=raw, system=system) if input is not None else []
     pairs = [(rec, replace(req, adapter=adapter)) for rec, req in pairs]
-    engine = open_with_adapter(ref, adapter, threads)
+    from slmops.models.variants import check_precision
+
+    check_precision(precision)
+    engine = open_with_adapter(ref, adapter, threads, precision)
     with engine:
         if input is not None:
             assert output is not None
@@ -134,6 +152,7 @@ def chat(
     top_p: TopPOpt = 0.95,
     seed: SeedOpt = None,
     adapter: AdapterOpt = None,
+    precision: PrecisionOpt = "auto",
     threads: ThreadsOpt = None,
 ) -> None:
     """Chat with a model in the terminal, with streamed answers and history.
@@ -144,7 +163,7 @@ def chat(
     Example: slmops chat smollm2-135m-instruct --system "Answer briefly."
     """
     params = make_params(max_tokens, temperature, top_p, None, seed)
-    engine = open_with_adapter(ref, adapter, threads)
+    engine = open_with_adapter(ref, adapter, threads, precision)
     history: list[Message] = [Message("system", system)] if system else []
     who = f"{ref} with adapter {adapter}" if adapter else ref
     err_console.print(f"[dim]chatting with {who}; /reset clears the history, /exit leaves[/dim]")

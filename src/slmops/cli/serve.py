@@ -44,6 +44,10 @@ def serve(
         list[str] | None,
         typer.Option("--canary", help="Split a public name across versions: NAME=REF:WEIGHT,REF:WEIGHT (repeatable)."),
     ] = None,
+    precision: Annotated[
+        str,
+        typer.Option("--precision", help="auto: a built-in model named at start-up serves its int4 ONNX variant."),
+    ] = "auto",
     threads: ThreadsOpt = None,
     docs: Annotated[bool, typer.Option("--docs/--no-docs", help="Serve /openapi.json and the /docs page.")] = True,
 ) -> None:
@@ -53,16 +57,28 @@ def serve(
     base+adapter; models load on first use. --canary splits one public name across versions
     (sticky per 'user'; the x-slmops-model-version header says which served; PUT /admin/routes/NAME
     re-weights it at run time, with the API key). /openapi.json describes the API and /docs is an
-    interactive page for it (served offline; --no-docs turns both off).
+    interactive page for it (served offline; --no-docs turns both off). A built-in model named
+    at start-up without a version serves its int4 ONNX variant (built once, registered with
+    lineage) under the name asked for; --precision fp32 or an exact version serves the original.
 
     Example: slmops serve smollm2-135m-instruct --port 8000
     """
+    from slmops.models.variants import check_precision, fast_variant
     from slmops.serve import ServeConfig, create_app
     from slmops.serve.canary import parse_route
     from slmops.serve.runner import run
 
+    check_precision(precision)
+    store = open_store()
+    models, routes = [], dict(parse_route(spec) for spec in canary or ())
+    for ref in refs or ():
+        variant = fast_variant(ref, store, precision=precision, progress=status)
+        models.append(variant.ref)
+        if variant.ref != ref and ref not in routes:
+            routes[ref] = {variant.ref: 100.0}  # requests naming the built-in model get the variant
+            status(variant.note)
     config = ServeConfig(
-        models=tuple(refs or ()),
+        models=tuple(models),
         host=host,
         port=port,
         api_key=api_key,
@@ -73,10 +89,10 @@ def serve(
         cors_origins=tuple(cors_origin or ()),
         request_log=request_log,
         threads=threads,
-        routes=dict(parse_route(spec) for spec in canary or ()),
+        routes=routes,
         docs=docs,
     )
-    app = create_app(open_store(), config)
+    app = create_app(store, config)
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         status(f"warning: serving on {host} without --api-key; anyone who can reach it can use it")
     status(f"serving on http://{host}:{port}/v1 (models: {', '.join(config.models) or 'loaded on first use'})")

@@ -36,6 +36,7 @@ class ServerOptions:
     max_queue: int = 256
     threads: int | None = None
     startup_timeout: float = 300.0
+    precision: str | None = None  # ``slmops serve --precision`` (None: its default, a built-in's int4 variant)
 
 
 @dataclass
@@ -107,6 +108,8 @@ def _serve_child(ref: str, store: ModelStore, options: ServerOptions, say: Progr
            "--max-batch-size", str(options.max_batch_size), "--max-queue", str(options.max_queue)]  # fmt: skip
     if options.threads:
         cmd += ["--threads", str(options.threads)]
+    if options.precision:
+        cmd += ["--precision", options.precision]
     env = {**os.environ, "SLMOPS_HOME": str(store.home)}
     env.pop("SLMOPS_API_KEY", None)
     with tempfile.TemporaryDirectory(prefix="slmops-target-") as tmp:
