@@ -9,13 +9,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from slmops.cli.common import JsonOpt, SystemOpt, ThreadsOpt, console, open_store, print_json, status
+from slmops.cli.common import JsonOpt, console, field_option, open_store, print_json, status
 from slmops.errors import SlmopsError
 from slmops.evaluate.builtin import resolve_data
 from slmops.evaluate.report import record_summary, side_by_side
 from slmops.evaluate.results import EvalReport
-from slmops.evaluate.run import default_report_dir, evaluate
-from slmops.evaluate.tasks import ALL_METRICS, TASKS
+from slmops.evaluate.run import EvalConfig, default_report_dir, evaluate
 
 
 def _split(values: list[str] | None) -> tuple[str, ...]:
@@ -38,37 +37,24 @@ def render_table(report: EvalReport) -> Table:
 
 
 def eval_cmd(
-    refs: Annotated[list[str], typer.Argument(
-        help="Models to evaluate: name, name:version, name@alias, a path, or URL#model. The first is the baseline.")],
-    data: Annotated[str, typer.Option(
-        "--data", "-d", help="Test set (JSONL/JSON/CSV/Parquet), or builtin:support-tickets.")],
-    task: Annotated[str, typer.Option("--task", "-t", help=f"Task type: {', '.join(TASKS)}.")],
-    labels: Annotated[str | None, typer.Option(
-        "--labels", help="Label set for classification/NLI, comma-separated (default: the gold labels seen).")
-    ] = None,
-    target_field: Annotated[str, typer.Option("--target-field", help="Field holding the gold answer.")] = "answer",
-    input_field: Annotated[str, typer.Option(
-        "--input-field", help="Field holding the input text (records with 'messages' use those).")] = "prompt",
-    metrics: Annotated[list[str] | None, typer.Option(
-        "--metrics", help=f"Metrics, comma-separated or repeated ({', '.join(ALL_METRICS)}); the list for "
-        "--task generation, extra metrics for the other tasks.")] = None,
-    perplexity: Annotated[Path | None, typer.Option(
-        "--perplexity", help="Also measure perplexity on this text file (local PyTorch models).")] = None,
-    judge: Annotated[str | None, typer.Option(
-        "--judge", help="Model or URL#model that scores each answer 1-10 with a rubric (beside the metrics).")] = None,
-    max_tokens: Annotated[int | None, typer.Option(
-        "--max-tokens", min=1, help="Most tokens per answer (default: per task, 16 for classification).")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Records per generation batch.")] = 8,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Evaluate only the first N records.")] = None,
-    latency_samples: Annotated[int, typer.Option(
-        "--latency-samples", min=0, help="Requests timed one at a time for latency p50/p95 (0 = skip).")] = 5,
-    raw: Annotated[bool, typer.Option("--raw", help="Send prompts without the chat template (base models).")] = False,
-    system: SystemOpt = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for generation and the bootstrap intervals.")] = 0,
-    threads: ThreadsOpt = None,
-    report_dir: Annotated[Path | None, typer.Option(
-        "--report-dir", help="Where report.json/.md/.html go (default: $SLMOPS_HOME/evals/<time>-<task>-<data>).")
-    ] = None,
+    refs: Annotated[list[str], typer.Argument(help=EvalConfig.model_fields["refs"].description)],
+    data: str = field_option(EvalConfig, "data", "-d"),
+    task: str = field_option(EvalConfig, "task", "-t"),
+    labels: str | None = field_option(EvalConfig, "labels", default=None),
+    target_field: str = field_option(EvalConfig, "target_field"),
+    input_field: str = field_option(EvalConfig, "input_field"),
+    metrics: list[str] | None = field_option(EvalConfig, "metrics", default=None),
+    perplexity: Path | None = field_option(EvalConfig, "perplexity"),
+    judge: str | None = field_option(EvalConfig, "judge"),
+    max_tokens: int | None = field_option(EvalConfig, "max_tokens"),
+    batch_size: int = field_option(EvalConfig, "batch_size"),
+    limit: int | None = field_option(EvalConfig, "limit"),
+    latency_samples: int = field_option(EvalConfig, "latency_samples"),
+    raw: bool = field_option(EvalConfig, "raw"),
+    system: str | None = field_option(EvalConfig, "system"),
+    seed: int = field_option(EvalConfig, "seed"),
+    threads: int | None = field_option(EvalConfig, "threads"),
+    report_dir: Path | None = field_option(EvalConfig, "report_dir"),
     no_record: Annotated[bool, typer.Option(
         "--no-record", help="Do not record the results in the store's model metrics.")] = False,
     as_json: JsonOpt = False,

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from slmops.cli.common import ThreadsOpt, open_store, status
+from slmops.cli.common import field_option, open_store, status
+from slmops.serve.config import ServeConfig
 
 
 def serve(
@@ -15,31 +16,17 @@ def serve(
         list[str] | None,
         typer.Argument(help="Models to load at start-up (name, name:version, name@alias, path); others load on use."),
     ] = None,
-    host: Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes the server.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8000,
-    api_key: Annotated[
-        str | None,
-        typer.Option(
-            "--api-key", envvar="SLMOPS_API_KEY", help="Require 'Authorization: Bearer KEY' (env SLMOPS_API_KEY)."
-        ),
-    ] = None,
-    max_batch_size: Annotated[
-        int, typer.Option("--max-batch-size", min=1, help="Requests decoded together per model.")
-    ] = 8,
-    max_queue: Annotated[int, typer.Option("--max-queue", min=1, help="Waiting requests per model before 429s.")] = 64,
-    max_tokens_cap: Annotated[
-        int, typer.Option("--max-tokens-cap", min=1, help="Largest max_tokens a request may ask.")
-    ] = 2048,
-    memory_budget_mb: Annotated[
-        float, typer.Option("--memory-budget-mb", min=1, help="Unload least recently used models beyond this.")
-    ] = 4096,
+    host: str = field_option(ServeConfig, "host"),
+    port: int = field_option(ServeConfig, "port", max=65535),
+    api_key: str | None = field_option(ServeConfig, "api_key", envvar="SLMOPS_API_KEY"),
+    max_batch_size: int = field_option(ServeConfig, "max_batch_size"),
+    max_queue: int = field_option(ServeConfig, "max_queue"),
+    max_tokens_cap: int = field_option(ServeConfig, "max_tokens_cap"),
+    memory_budget_mb: float = field_option(ServeConfig, "memory_budget_mb", min=1),
     cors_origin: Annotated[
         list[str] | None, typer.Option("--cors-origin", help="Allow browser calls from this origin (repeatable).")
     ] = None,
-    request_log: Annotated[
-        Path | None,
-        typer.Option("--request-log", help="Append PII-redacted JSONL request logs here (rotated by size)."),
-    ] = None,
+    request_log: Path | None = field_option(ServeConfig, "request_log"),
     canary: Annotated[
         list[str] | None,
         typer.Option("--canary", help="Split a public name across versions: NAME=REF:WEIGHT,REF:WEIGHT (repeatable)."),
@@ -48,8 +35,8 @@ def serve(
         str,
         typer.Option("--precision", help="auto: a built-in model named at start-up serves its int4 ONNX variant."),
     ] = "auto",
-    threads: ThreadsOpt = None,
-    docs: Annotated[bool, typer.Option("--docs/--no-docs", help="Serve /openapi.json and the /docs page.")] = True,
+    threads: int | None = field_option(ServeConfig, "threads"),
+    docs: Annotated[bool, typer.Option("--docs/--no-docs", help=ServeConfig.model_fields["docs"].description)] = True,
 ) -> None:
     """Serve models behind an OpenAI-compatible API (chat and text completions, streaming, /metrics).
 
@@ -64,7 +51,7 @@ def serve(
     Example: slmops serve smollm2-135m-instruct --port 8000
     """
     from slmops.optimize.variants import check_precision, fast_variant
-    from slmops.serve import ServeConfig, create_app
+    from slmops.serve import create_app
     from slmops.serve.canary import parse_route
     from slmops.serve.runner import run
 

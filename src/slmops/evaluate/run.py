@@ -10,22 +10,27 @@ any), the comparison against the first model, the reports, and the store metrics
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from pydantic import Field
+
+from slmops.configs import CommandConfig
 from slmops.data.records import read_located
 from slmops.engines import open_engine
 from slmops.engines.base import GenerationParams
-from slmops.errors import DataError, SlmopsError
+from slmops.errors import DataError
 from slmops.evaluate.builtin import resolve_data
 from slmops.evaluate.compare import compare_models
 from slmops.evaluate.judge import judge_answers
 from slmops.evaluate.model import describe, evaluate_model, preload_runtime
 from slmops.evaluate.results import EvalReport, ModelResult
 from slmops.evaluate.tasks import (
+    ALL_METRICS,
     LABEL_METRICS,
+    TASKS,
     EvalItem,
     build_item,
     get_task,
@@ -39,47 +44,47 @@ from slmops.models.store import ModelStore
 Progress = Callable[[str], None]
 
 
-@dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(CommandConfig):
     """Everything one evaluation needs; field = CLI flag = pipeline YAML key."""
 
-    refs: tuple[str, ...]
-    data: str
-    task: str
-    labels: tuple[str, ...] = ()
-    target_field: str = "answer"
-    input_field: str = "prompt"
-    metrics: tuple[str, ...] = ()
-    perplexity: str | None = None
-    judge: str | None = None
-    max_tokens: int | None = None
-    batch_size: int = 8
-    limit: int | None = None
-    latency_samples: int = 5
-    raw: bool = False
-    system: str | None = None
-    threads: int | None = None
-    seed: int = 0
-    report_dir: str | None = None
-    record: bool = True
+    what: ClassVar[str] = "evaluation settings"
+    example: ClassVar[str] = "Example: slmops eval MODEL --data test.jsonl --task classification."
 
-    def validate(self) -> None:
-        """Raise one error listing every problem, before any work starts."""
+    refs: tuple[str, ...] = Field(description="Models to evaluate: name, name:version, name@alias, a path, or "
+                                              "URL#model. The first is the baseline.")
+    data: str = Field(description="Test set (JSONL/JSON/CSV/Parquet), or builtin:support-tickets.")
+    task: str = Field(description=f"Task type: {', '.join(TASKS)}.")
+    labels: tuple[str, ...] = Field((), description="Label set for classification/NLI, comma-separated "
+                                                    "(default: the gold labels seen).")
+    target_field: str = Field("answer", description="Field holding the gold answer.")
+    input_field: str = Field("prompt", description="Field holding the input text (records with 'messages' use those).")
+    metrics: tuple[str, ...] = Field((), description=f"Metrics, comma-separated or repeated "
+                                                     f"({', '.join(ALL_METRICS)}); the list for --task generation, "
+                                                     "extra metrics for the other tasks.")
+    perplexity: str | None = Field(None, description="Also measure perplexity on this text file "
+                                                      "(local PyTorch models).")
+    judge: str | None = Field(None, description="Model or URL#model that scores each answer 1-10 with a rubric "
+                                                "(beside the metrics).")
+    max_tokens: int | None = Field(None, ge=1, description="Most tokens per answer (default: per task, 16 for "
+                                                           "classification).")
+    batch_size: int = Field(8, ge=1, description="Records per generation batch.")
+    limit: int | None = Field(None, ge=1, description="Evaluate only the first N records.")
+    latency_samples: int = Field(5, ge=0, description="Requests timed one at a time for latency p50/p95 (0 = skip).")
+    raw: bool = Field(False, description="Send prompts without the chat template (base models).")
+    system: str | None = Field(None, description="System prompt for chat models.")
+    threads: int | None = Field(None, description="CPU threads for inference (default: all cores).")
+    seed: int = Field(0, description="Seed for generation and the bootstrap intervals.")
+    report_dir: str | None = Field(None, description="Where report.json/.md/.html go (default: "
+                                                     "$SLMOPS_HOME/evals/<time>-<task>-<data>).")
+    record: bool = Field(True, description="Record the results in the store's model metrics.")
+
+    def problems(self) -> list[str]:
         problems = []
         if not self.refs:
             problems.append("give at least one model reference")
-        for name in ("batch_size", "limit", "max_tokens"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                problems.append(f"{name} must be >= 1 (got {value})")
-        if self.latency_samples < 0:
-            problems.append(f"latency_samples must be >= 0 (got {self.latency_samples})")
         if self.perplexity and not Path(self.perplexity).is_file():
             problems.append(f"perplexity file {self.perplexity} does not exist")
-        if problems:
-            raise SlmopsError("Invalid evaluation settings: " + "; ".join(problems) + ".",
-                              "Example: slmops eval MODEL --data test.jsonl --task classification.")
-        get_task(self.task)
+        return problems
 
 
 def evaluate(
@@ -136,7 +141,7 @@ def prepare(config: EvalConfig) -> tuple[Path, str, tuple[str, ...], tuple[str, 
 
 
 def run_eval(config: EvalConfig, *, store: ModelStore | None = None, progress: Progress | None = None) -> EvalReport:
-    config.validate()
+    # the config checked itself when it was built; prepare() checks the task
     store = store or ModelStore()
     say = progress or (lambda _msg: None)
     path, dataset, labels, metrics, items = prepare(config)
@@ -152,7 +157,7 @@ def run_eval(config: EvalConfig, *, store: ModelStore | None = None, progress: P
     report = EvalReport(
         task=config.task, dataset=dataset, data=str(path), created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         primary_metric=metrics[0], metrics=metrics, labels=labels,
-        config={**asdict(config), "refs": list(config.refs), "warnings": warnings},
+        config={**config.model_dump(), "refs": list(config.refs), "warnings": warnings},
         items=items, models=models, comparison=compare_models(models, metrics[0], seed=config.seed),
     )
     if config.report_dir:

@@ -133,7 +133,6 @@ def run_validate(
     eval_config = EvalConfig(refs=(config.target,), data=config.eval, task=config.task, labels=config.labels,
                              target_field=config.target_field, input_field=config.input_field, limit=config.limit,
                              max_tokens=config.max_tokens, record=False)  # fmt: skip
-    eval_config.validate()
     _, _, labels, metrics, items = prepare(eval_config)
     items = [i for i in items if i.scorable]
     options = ServerOptions(max_batch_size=max(8, config.concurrency), max_queue=max(64, 4 * config.concurrency),

@@ -9,7 +9,6 @@ kind together) is in :mod:`slmops.pipeline.steps`, beside the runners.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,19 +56,6 @@ def pydantic_problems(model: type[BaseModel], values: dict[str, Any], fill: dict
     if callable(cross) and "${steps." not in repr(values):
         return [((), p) for p in cross()]
     return []
-
-
-def dataclass_problems(cls: type, values: dict[str, Any], fill: dict[str, Any] | None = None,
-                       hidden: tuple[str, ...] = ()) -> Problems:
-    """Unknown keys and wrong types for a dataclass config (``hidden``: fields set by the pipeline)."""
-    names = [f.name for f in dataclasses.fields(cls) if f.name not in hidden]
-    out: Problems = [((k,), f"unknown key; {cls.__name__} takes: {', '.join(names)}") for k in values if k not in names]
-    known = {k: v for k, v in values.items() if k in names and not _has_ref(values, (k,))}
-    try:
-        TypeAdapter(cls).validate_python({**(fill or {}), **known})
-    except ValidationError as exc:
-        out += [(tuple(e["loc"][:1]), e["msg"] + _got(e.get("input"))) for e in exc.errors()]
-    return out
 
 
 # -- the settings of the kinds the pipeline defines itself ---------------------------------
@@ -169,8 +155,10 @@ def check_evaluate(s: dict[str, Any]) -> Problems:
     core = {k: s[k] for k in ("models", "data", "task") if k in s}
     out = pydantic_problems(EvaluateSettings, core)
     options = {k: v for k, v in s.items() if k not in core}
-    return out + dataclass_problems(EvalConfig, options, {"refs": ("m",), "data": "d", "task": "t"},
-                                    hidden=("refs", "data", "task", "report_dir", "record"))
+    hidden = ("refs", "report_dir", "record")  # set by the pipeline (refs from models)
+    out += [((k,), "set by the pipeline, not a step setting") for k in options if k in hidden]
+    options = {k: v for k, v in options.items() if k not in hidden}
+    return out + pydantic_problems(EvalConfig, options, {"refs": ("m",), "data": "d", "task": "t"})
 
 
 def check_gate(s: dict[str, Any]) -> Problems:

@@ -2,46 +2,40 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
-from slmops.errors import SlmopsError
+from pydantic import Field
+
+from slmops.configs import CommandConfig
 
 
-@dataclass(frozen=True)
-class ServeConfig:
-    models: tuple[str, ...] = ()  # loaded at start-up; any other store model loads on first use
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str | None = None
-    max_batch_size: int = 8
-    max_queue: int = 64
-    max_tokens_cap: int = 2048
-    memory_budget_mb: float = 4096
-    max_body_bytes: int = 1 << 20
-    cors_origins: tuple[str, ...] = ()
-    request_log: Path | None = None
-    request_log_max_bytes: int = 10 << 20
-    request_log_backups: int = 3
-    threads: int | None = None
-    routes: dict[str, dict[str, float]] = field(default_factory=dict)  # canary: name -> {ref: weight}
-    docs: bool = True  # /openapi.json and the interactive /docs page
+class ServeConfig(CommandConfig):
+    """Every setting of one server; CLI flag = Python argument (``--max-queue`` = ``max_queue``)."""
 
-    def __post_init__(self) -> None:
-        problems = [
-            f"{name} must be >= {low} (got {getattr(self, name)})"
-            for name, low in (
-                ("max_batch_size", 1),
-                ("max_queue", 1),
-                ("max_tokens_cap", 1),
-                ("memory_budget_mb", 0.001),
-                ("max_body_bytes", 1024),
-                ("request_log_max_bytes", 1024),
-                ("port", 0),
-            )
-            if getattr(self, name) < low
-        ]
+    what: ClassVar[str] = "server settings"
+
+    models: tuple[str, ...] = Field((), description="Models loaded at start-up; any other store model loads on "
+                                                    "first use.")
+    host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 exposes the server.")
+    port: int = Field(8000, ge=0, description="TCP port.")
+    api_key: str | None = Field(None, description="Require 'Authorization: Bearer KEY' (env SLMOPS_API_KEY).")
+    max_batch_size: int = Field(8, ge=1, description="Requests decoded together per model.")
+    max_queue: int = Field(64, ge=1, description="Waiting requests per model before 429s.")
+    max_tokens_cap: int = Field(2048, ge=1, description="Largest max_tokens a request may ask.")
+    memory_budget_mb: float = Field(4096, ge=0.001, description="Unload least recently used models beyond this.")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="Largest request body accepted (bytes).")
+    cors_origins: tuple[str, ...] = Field((), description="Allow browser calls from this origin (repeatable).")
+    request_log: Path | None = Field(None, description="Append PII-redacted JSONL request logs here (rotated by "
+                                                       "size).")
+    request_log_max_bytes: int = Field(10 << 20, ge=1024, description="Rotate the request log at this size (bytes).")
+    request_log_backups: int = Field(3, description="Rotated request logs kept.")
+    threads: int | None = Field(None, description="CPU threads for inference (default: all cores).")
+    routes: dict[str, dict[str, float]] = Field(default_factory=dict, description="Canary: public name -> "
+                                                                                  "{ref: weight}.")
+    docs: bool = Field(True, description="Serve /openapi.json and the /docs page.")
+
+    def problems(self) -> list[str]:
         if self.api_key is not None and len(self.api_key) < 8:
-            problems.append("api_key must be at least 8 characters")
-        if problems:
-            raise SlmopsError("Invalid server settings: " + "; ".join(problems) + ".")
+            return ["api_key must be at least 8 characters"]
+        return []
