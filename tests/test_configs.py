@@ -14,6 +14,7 @@ from slmops.configs import CommandConfig, ConfigError
 from slmops.ops.loadtest import BenchConfig
 from slmops.ops.validate import ValidateConfig
 from slmops.optimize.prune import PruneConfig
+from slmops.optimize.run import OptimizeConfig
 
 
 class Demo(CommandConfig):
@@ -58,6 +59,7 @@ def _params(*path: str) -> dict[str, click.Parameter]:
     ("bench", BenchConfig, {}),
     ("validate", ValidateConfig, {"eval_file": "eval"}),
     ("prune", PruneConfig, {}),
+    ("optimize", OptimizeConfig, {}),
 ])
 def test_cli_defaults_and_help_are_the_config_s(command, model, renamed):
     """No default or help text restated by hand: the command's options match its config."""

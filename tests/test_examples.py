@@ -59,5 +59,7 @@ def test_the_readme_uses_only_files_in_the_repository():
     missing = sorted(p for p in named if not (ROOT / p).exists())
     assert not missing, missing
     code = "\n".join(re.findall(r"```(?:bash|python)\n(.*?)```", readme, flags=re.S))
-    for data in re.findall(r"[\w/.-]+\.(?:jsonl|csv|parquet)\b", code):  # what the code blocks read
-        assert data.startswith("examples/") or data in ("prompts.jsonl", "answers.jsonl", "synthetic.jsonl"), data
+    # the training and evaluation data the code blocks read (flags and config keys) is shipped
+    flag = r"""(?:--data|--eval|--eval-data|\bdata=|\beval=|"data":)\s*["']?"""
+    reads = re.findall(flag + r"([\w/.-]+\.(?:jsonl|csv|json))", code)
+    assert reads and all(p.startswith("examples/") for p in reads), reads

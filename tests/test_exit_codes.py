@@ -60,9 +60,22 @@ def test_json_error_is_one_object_on_stdout(monkeypatch, capsys):
                                                       "type": "SlmopsError"}}
 
 
-def test_usage_error_exits_2(monkeypatch, capsys):
-    code, _, err = _main(monkeypatch, capsys, SlmopsError("unused"), "--no-such-flag")
-    assert code == 2 and "No such option" in err
+def test_usage_error_exits_2_and_is_json_too(monkeypatch, capsys):
+    code, out, err = _main(monkeypatch, capsys, SlmopsError("unused"), "--no-such-flag")
+    assert code == 2 and "No such option" in err and out == ""
+    code, out, err = _main(monkeypatch, capsys, SlmopsError("unused"), "--json", "--no-such-flag")
+    body = json.loads(out)["error"]
+    assert code == 2 and body["type"] == "UsageError" and "--no-such-flag" in body["message"]
+
+
+def test_success_help_and_typer_exit_codes(monkeypatch, capsys):
+    from slmops.cli import app as real_app
+
+    assert _main(monkeypatch, capsys, real_app, "--version")[0] == 0
+    code, out, _ = _main(monkeypatch, capsys, real_app, "run", "--help")
+    assert code == 0 and "--dry-run" in out
+    code, out, _ = _main(monkeypatch, capsys, real_app, "run", "--schema")
+    assert code == 0 and json.loads(out)["title"] == "slmops pipeline"
 
 
 def test_a_failing_gate_exits_1_and_a_bad_file_exits_2(monkeypatch, capsys, tmp_path):

@@ -151,3 +151,31 @@ def test_default_probe_is_the_test_set_in_the_lineage(tmp_path, tiny_model_dir):
     bad.write_text('{"text": "no prompt"}\n')
     with pytest.raises(SlmopsError, match="needs string fields"):
         probe.load_probe(bad)
+
+
+def test_registry_credentials_from_the_environment(src_store, tmp_path, monkeypatch):
+    import warnings
+
+    from slmops.fleet import services
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt  # bcrypt for the registry's htpasswd file (test only)
+
+        hashed = crypt.crypt("s3cret-pw", crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))  # cost 4: fast
+    (tmp_path / "htpasswd").write_text(f"pusher:{hashed}\n")
+    svc, proc = services.start_registry(tmp_path / "reg", htpasswd=tmp_path / "htpasswd")
+    try:
+        target = oci.parse_oci(f"oci://{svc.url}/private/tiny:v1")
+        monkeypatch.delenv("SLMOPS_REGISTRY_USERNAME", raising=False)
+        monkeypatch.delenv("SLMOPS_REGISTRY_PASSWORD", raising=False)
+        with pytest.raises(oci.RegistryError, match="refused"):
+            oci.push(src_store, "tiny:1", target)
+        monkeypatch.setenv("SLMOPS_REGISTRY_USERNAME", "pusher")
+        monkeypatch.setenv("SLMOPS_REGISTRY_PASSWORD", "s3cret-pw")
+        pushed = oci.push(src_store, "tiny:1", target)
+        got = oci.pull(ModelStore(tmp_path / "d"), pushed.reference)
+        assert got.record.recipe["oci"]["digest"] == pushed.digest
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -258,3 +258,33 @@ def test_fleet_simulate_and_fleet_status_commands(tmp_path, mosquitto):
     assert "12 device(s)" in text and "12 offline" in text
     bad = _cli(tmp_path, "fleet", "simulate", "--fleet", fleet, "--fault", "slow:2", "--broker", mosquitto, check=False)
     assert bad.returncode == 2 and "unknown kind 'slow'" in bad.stderr
+
+
+def test_flapping_devices_end_on_the_old_version_after_a_failed_rollout(tmp_path, mosquitto):
+    """Devices that go offline and back during a roll-out that fails: when they return they get
+    the previous version (their retained desired state was put back), never the new one."""
+    from slmops.fleet.rollout import run_controller
+
+    fleet = "ro-flap"
+    sim = Simulator(mqtt.parse_broker(mosquitto), fleet, 12, faults=[parse_fault("flap:0.5"), parse_fault("probe:-20")],
+                    report_interval=0.4, download_s=(0.2, 0.4), probe_s=0.1, flap_period_s=2.0).start().run_in_thread()
+    try:
+        broker = mqtt.parse_broker(mosquitto)
+        view = FleetView(broker, fleet).start()
+        assert view.wait_synced()
+        new = _digest("flap-new")
+        target = Target(reference=f"oci://127.0.0.1:1/{fleet}@{new}", digest=new, format="gguf", served_name=fleet)
+        store = RolloutStore(tmp_path)
+        rec = plan(fleet, target, view.devices(), waves="50%,100%", bake_s=1.5, gate=GATE, max_unavailable="100%",
+                   activate_timeout_s=5, rollout_id="ro-flap-1")
+        store.create(rec)
+        out = run_controller(store, rec.id, view, tick_s=0.1)
+        view.close()
+        assert out.status == "failed" and len(out.touched) == 6
+        flappers = {d.id for d in sim.devices.values() if sim._faults(d, "flap", None)}
+        assert flappers & set(out.touched)  # some touched devices were flapping
+        time.sleep(3.0)  # every flapping device has been back online since
+        assert all(d.active.digest == sim.initial.digest for d in sim.devices.values())
+        assert all(d.desired.digest == sim.initial.digest for d in sim.devices.values())
+    finally:
+        sim.close()

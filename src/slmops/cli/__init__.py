@@ -90,17 +90,33 @@ def _root(
 def main() -> None:
     """Console-script entry point: usage errors are typer's (exit 2); library errors become
     one line on stderr (plus a JSON object on stdout under ``--json``) with their exit code."""
+    as_json = "--json" in sys.argv[1:]
     try:
-        app()
+        code = app(standalone_mode=False)  # returns the exit code of a typer.Exit; raises usage errors
+    except typer.Abort:
+        err_console.print("Aborted.")
+        sys.exit(1)
+    except typer.TyperException as exc:  # a usage error: typer's own message, then the JSON object
+        if not hasattr(exc, "format_message"):  # not a usage error: a bug in a command's declaration
+            raise
+        from typer import rich_utils
+
+        rich_utils.rich_format_error(exc)  # type: ignore[arg-type]
+        code = getattr(exc, "exit_code", 2)
+        if as_json:
+            print_json({"error": {"message": exc.format_message(), "hint": None,  # type: ignore[attr-defined]
+                                  "exit_code": code, "type": "UsageError"}})
+        sys.exit(code)
     except SlmopsError as exc:
         if os.environ.get("SLMOPS_DEBUG"):
             traceback.print_exc()
         err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
-        if "--json" in sys.argv[1:]:
+        if as_json:
             print_json(error_json(exc))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 # last, once every command is registered: help paragraphs on one line (no mid-sentence breaks)

@@ -8,63 +8,34 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from slmops.cli.common import JsonOpt, console, err_console, human_size, open_store, print_json, status
+from slmops.cli.common import JsonOpt, console, err_console, field_option, human_size, open_store, print_json, status
 from slmops.optimize import optimize as run_optimize
+from slmops.optimize.run import OptimizeConfig
 
 RefArg = Annotated[str, typer.Argument(help="Source model or adapter: name, name:version, name@alias or a path.")]
 
 
 def optimize(
     ref: RefArg,
-    to: Annotated[str | None, typer.Option("--to", help="Target format: onnx (ONNX Runtime GenAI) or gguf.")] = None,
-    merge: Annotated[bool, typer.Option("--merge", help="Merge a PEFT adapter into its base model.")] = False,
-    precision: Annotated[
-        str | None, typer.Option("--precision", help="ONNX weights: fp32, fp16 (cuda), int8 or int4 (default).")
-    ] = None,
-    quant: Annotated[
-        str | None, typer.Option("--quant", help="GGUF weights: f16, q8_0 (default), q4_0 or q4_1.")
-    ] = None,
-    block_size: Annotated[int, typer.Option("--block-size", help="int4/int8 quantization block size.")] = 32,
+    to: str | None = field_option(OptimizeConfig, "to"),
+    merge: bool = field_option(OptimizeConfig, "merge"),
+    precision: str | None = field_option(OptimizeConfig, "precision"),
+    quant: str | None = field_option(OptimizeConfig, "quant"),
+    block_size: int = field_option(OptimizeConfig, "block_size"),
     symmetric: Annotated[
-        bool, typer.Option("--symmetric/--asymmetric", help="Symmetric (int) or asymmetric (uint) ONNX quantization.")
+        bool, typer.Option("--symmetric/--asymmetric", help=OptimizeConfig.model_fields["symmetric"].description)
     ] = True,
-    accuracy_level: Annotated[
-        int | None, typer.Option("--accuracy-level", help="int4/int8 MatMul compute: 1 fp32, 2 fp16, 3 bf16, 4 int8.")
-    ] = None,
-    algorithm: Annotated[
-        str | None,
-        typer.Option("--algorithm", help="int4/int8 method: k_quant_mixed (int4 default), hqq, rtn_last, ..."),
-    ] = None,
-    device: Annotated[str, typer.Option("--device", help="Execution provider the ONNX model is built for.")] = "cpu",
-    output: Annotated[
-        str | None, typer.Option("--output", "-o", help="Store name of the result (default: derived from the options).")
-    ] = None,
-    max_ppl_increase: Annotated[
-        float | None, typer.Option("--max-ppl-increase", help="Flag the result if perplexity rises more (percent).")
-    ] = None,
-    strict: Annotated[bool, typer.Option("--strict", help="Refuse to register a flagged result (exits 1).")] = False,
-    ppl_text: Annotated[
-        Path | None, typer.Option("--ppl-text", help="Held-out text file for perplexity (default: built-in text).")
-    ] = None,
-    eval_data: Annotated[
-        str | None,
-        typer.Option(
-            "--eval-data",
-            help="Test set (FILE or builtin:NAME) to compare the task metric on (default: one from the lineage).",
-        ),
-    ] = None,
-    eval_task: Annotated[
-        str | None, typer.Option("--eval-task", help="Task --eval-data is scored as (classification, qa, ...).")
-    ] = None,
-    no_task_check: Annotated[
-        bool, typer.Option("--no-task-check", help="Perplexity only, even when the lineage names a test set.")
-    ] = False,
-    keep_adapters: Annotated[
-        bool,
-        typer.Option(
-            "--keep-adapters", help="ONNX of an adapter: one base plus the adapter as a separate file, not merged."
-        ),
-    ] = False,
+    accuracy_level: int | None = field_option(OptimizeConfig, "accuracy_level"),
+    algorithm: str | None = field_option(OptimizeConfig, "algorithm"),
+    device: str = field_option(OptimizeConfig, "device"),
+    output: str | None = field_option(OptimizeConfig, "output", "-o"),
+    max_ppl_increase: float | None = field_option(OptimizeConfig, "max_ppl_increase"),
+    strict: bool = field_option(OptimizeConfig, "strict"),
+    ppl_text: Path | None = field_option(OptimizeConfig, "ppl_text"),
+    eval_data: str | None = field_option(OptimizeConfig, "eval_data"),
+    eval_task: str | None = field_option(OptimizeConfig, "eval_task"),
+    no_task_check: bool = field_option(OptimizeConfig, "no_task_check"),
+    keep_adapters: bool = field_option(OptimizeConfig, "keep_adapters"),
     adapter: Annotated[
         list[str] | None,
         typer.Option("--adapter", help="With --keep-adapters: another adapter of the same base to keep (repeat)."),

@@ -12,10 +12,10 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from slmops.cli.common import JsonOpt, console, err_console, open_store, print_json, status
+from slmops.cli.common import JsonOpt, console, err_console, field_option, open_store, print_json, status
 from slmops.errors import SlmopsError
 from slmops.fleet import rollouts
-from slmops.fleet.rollout import parse_duration
+from slmops.fleet.rollouts import RolloutConfig
 from slmops.fleet.rollstore import RolloutRecord, RolloutStore
 
 app = typer.Typer(help="Staged roll-outs to a fleet, gated on what the devices measure, with automatic rollback.",
@@ -88,32 +88,22 @@ def _outcome(rec: RolloutRecord, as_json: bool) -> None:
 
 @app.command("start")
 def start(
-    fleet: FleetOpt,
-    model: Annotated[str, typer.Option("--model", help="Store reference (pushed first) or oci://HOST/REPO:TAG|@sha256:...")],
-    gate: Annotated[str, typer.Option("--gate", help="Gate over the wave vs baseline.NAME, e.g. "
-                                      "'p95_ms <= 1.2 * baseline.p95_ms and "
-                                      "probe_score >= baseline.probe_score - 5'.")],
-    waves: Annotated[str, typer.Option("--waves", help="Cumulative wave sizes, counts or percentages, ending at 100%.")]
-    = "1,10%,50%,100%",
-    bake: Annotated[str, typer.Option("--bake", help="How long each wave bakes before its gate (120s, 2m).")] = "120s",
-    select: Annotated[str | None, typer.Option("--select", help="Only devices with these labels: k=v,k2=v2.")] = None,
-    max_unavailable: Annotated[str, typer.Option(
-        "--max-unavailable", help="Devices of a wave that may be offline/failed/late: N or P% of the wave.")] = "10%",
-    on_missing_data: Annotated[str, typer.Option(
-        "--on-missing-data", help="fail (default: a gate without telemetry fails safe) or continue.")] = "fail",
-    timeout: Annotated[str, typer.Option("--timeout", help="How long a wave's devices get to activate.")] = "300s",
-    per_label: Annotated[bool, typer.Option("--per-label/--no-per-label",
-                                            help="Also hold the gate for every label value of the wave.")] = True,
-    report_interval: Annotated[float | None, typer.Option(
-        "--report-interval", help="The devices' telemetry interval in seconds, when they do not report it.")] = None,
-    served_name: Annotated[str | None, typer.Option(
-        "--served-name", help="Public model name on the devices (default: the fleet's current one).")] = None,
-    registry: Annotated[str | None, typer.Option(
-        "--registry", help="OCI registry HOST:PORT to push a store model to (default: $SLMOPS_REGISTRY, `fleet up`).")]
-    = None,
-    trust: Annotated[Path | None, typer.Option("--trust", help="Public key the artifact's signature must match.")]
-    = None,
-    broker: BrokerOpt = None,
+    fleet: str = field_option(RolloutConfig, "fleet"),
+    model: str = field_option(RolloutConfig, "model"),
+    gate: str = field_option(RolloutConfig, "gate"),
+    waves: str = field_option(RolloutConfig, "waves"),
+    bake: str = field_option(RolloutConfig, "bake"),
+    select: str | None = field_option(RolloutConfig, "select"),
+    max_unavailable: str = field_option(RolloutConfig, "max_unavailable"),
+    on_missing_data: str = field_option(RolloutConfig, "on_missing_data"),
+    timeout: str = field_option(RolloutConfig, "timeout"),
+    per_label: Annotated[bool, typer.Option("--per-label/--no-per-label", help=RolloutConfig.model_fields[
+        "per_label"].description)] = True,
+    report_interval: float | None = field_option(RolloutConfig, "report_interval"),
+    served_name: str | None = field_option(RolloutConfig, "served_name"),
+    registry: str | None = field_option(RolloutConfig, "registry"),
+    trust: Path | None = field_option(RolloutConfig, "trust"),
+    broker: str | None = field_option(RolloutConfig, "broker"),
     wait: Annotated[bool, typer.Option("--wait", help="Block until the roll-out ends, showing its progress.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -124,14 +114,11 @@ def start(
     Example: slmops rollout start --fleet shop --model student:3 --bake 2m --gate 'probe_score >= 70'
     """
     store = open_store()
-    b = rollouts.find_broker(broker, store.home)
-    rec = rollouts.start(
-        store=store, broker=b, fleet=fleet, model=model, waves=waves, bake_s=parse_duration(bake), gate=gate,
-        select=select, max_unavailable=max_unavailable, on_missing_data=on_missing_data,
-        activate_timeout_s=parse_duration(timeout, "--timeout"), report_interval_s=report_interval,
-        per_label=per_label, registry=rollouts.find_registry(registry, store.home), served_name=served_name,
-        trust=trust, progress=status,
-    )
+    config = RolloutConfig(fleet=fleet, model=model, gate=gate, waves=waves, bake=bake, select=select,
+                           max_unavailable=max_unavailable, on_missing_data=on_missing_data, timeout=timeout,
+                           per_label=per_label, report_interval=report_interval, served_name=served_name,
+                           registry=registry, trust=trust, broker=broker)
+    rec = config.start(store=store, progress=status)
     if wait:
         rec = _watch(store.home, rec.id)
         _outcome(rec, as_json)
@@ -297,7 +284,7 @@ def fleet_simulate(
     fleet: FleetOpt,
     devices: Annotated[int, typer.Option("--devices", min=1, help="How many simulated devices.")] = 1000,
     faults: Annotated[list[str] | None, typer.Option(
-        "--fault", help="KIND:VALUE[@k=v][/DIGEST], kinds probe latency errors download offline flap (repeat).")]
+        "--fault", help="KIND:VALUE, optionally @k=v and /DIGEST; kinds probe latency errors download offline flap.")]
     = None,
     labels: Annotated[str, typer.Option("--labels", help="Labels spread over the devices: k=v1|v2,k2=...")]
     = "zone=a|b|c",

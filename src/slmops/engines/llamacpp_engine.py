@@ -117,6 +117,11 @@ class LlamaCppEngine(Engine):
 
     def _decode(self, request: GenerationRequest, prompt: list[int]) -> Iterator[StreamChunk]:
         p = request.params
+        if p.grammar is not None or p.logprobs is not None:  # never answer unconstrained in silence
+            raise EngineError(
+                "The llama.cpp engine does not do structured output or logprobs here.",
+                "Unset SLMOPS_GGUF_ENGINE to run the GGUF model on the torch engine, or use its ONNX build.",
+            )
         room = self.context_length - len(prompt)
         if room < 1:
             raise EngineError(

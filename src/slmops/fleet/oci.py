@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import oras.auth
 import oras.provider
 import requests
 
@@ -169,10 +170,22 @@ class Client:
         self.registry = registry
         self.prefix = "http" if insecure else "https"
         self.timeout = timeout
-        self._oras = _Registry(hostname=registry, insecure=insecure, tls_verify=ca_file or True)
         creds = credentials or Credentials.from_env()
+        backend = "token"
+        if creds.username and creds.password and self._challenge(ca_file) == "basic":
+            backend = "basic"  # oras's token backend would ask the Basic realm for a token
+        self._oras = _Registry(hostname=registry, insecure=insecure, tls_verify=ca_file or True, auth_backend=backend)
         if creds.username and creds.password:
             self._oras.auth.set_basic_auth(creds.username, creds.password)
+
+    def _challenge(self, ca_file: str | None) -> str | None:
+        """The auth scheme ``/v2/`` asks for (``basic``/``bearer``), None when it asks none."""
+        try:
+            r = requests.get(f"{self.prefix}://{self.registry}/v2/", timeout=10, verify=ca_file or True)
+        except requests.exceptions.RequestException:
+            return None
+        header = r.headers.get("WWW-Authenticate", "") if r.status_code == 401 else ""
+        return header.split(" ", 1)[0].lower() or None
 
     def _container(self, repository: str):
         return self._oras.get_container(f"{self.registry}/{repository}")
@@ -180,6 +193,12 @@ class Client:
     def _request(self, method: str, url: str, **kw: Any) -> requests.Response:
         try:
             return self._oras.do_request(url, method, **kw)
+        except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema):
+            # oras followed a Basic challenge as if it named a token service: credentials are missing
+            raise RegistryError(
+                f"the registry {self.registry} refused the request: it needs credentials.",
+                "Set SLMOPS_REGISTRY_USERNAME/SLMOPS_REGISTRY_PASSWORD or pass --username and --password-stdin.",
+            ) from None
         except requests.exceptions.SSLError as exc:
             raise RegistryError(
                 f"TLS to the registry {self.registry} failed: {exc}.",
@@ -221,10 +240,13 @@ class Client:
         if not location:
             raise RegistryError(f"the registry {self.registry} gave no upload location for {path.name}.")
         url = f"{location}{'&' if '?' in location else '?'}digest={digest}"
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        # a streamed body cannot be re-sent after a 401: send the credentials up front (the POST
+        # above already fetched a token for this repository when the registry uses tokens)
+        if isinstance(self._oras.auth, oras.auth.BasicAuth) and getattr(self._oras.auth, "_basic_auth", None):
+            headers.update(self._oras.auth.get_auth_header())
         with open(path, "rb") as f:
-            r = self._request(
-                "PUT", url, data=f, headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)}
-            )
+            r = self._request("PUT", url, data=f, headers=headers)
         self._check(r, f"the upload of {path.name}")
 
     def upload_bytes(self, repository: str, data: bytes) -> str:

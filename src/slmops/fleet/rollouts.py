@@ -10,10 +10,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from slmops.configs import CommandConfig
 from slmops.errors import CheckFailed, SlmopsError
 from slmops.fleet import addresses, mqtt, oci
 from slmops.fleet.rollout import plan, run_controller
@@ -253,10 +254,12 @@ def fleet_status(home: Path, broker: mqtt.Broker, fleet: str) -> dict[str, Any]:
 
 
 # -- one config for `rollout start` and the pipeline's `rollout` step -----------------------------
-class RolloutConfig(BaseModel):
+class RolloutConfig(CommandConfig):
     """The keys of ``slmops rollout start`` (a pipeline ``rollout`` step takes the same)."""
 
-    model_config = ConfigDict(extra="forbid")
+    what: ClassVar[str] = "roll-out settings"
+    example: ClassVar[str] = ("Example: slmops rollout start --fleet shops --model student:3 --waves 1,10%,50%,100% "
+                              "--bake 2m --gate 'probe_score >= baseline.probe_score - 5'")
 
     fleet: str = Field(description="Fleet name.")
     model: str = Field(description="Store reference (pushed first) or oci://HOST/REPO:TAG|@sha256:...")
@@ -271,7 +274,38 @@ class RolloutConfig(BaseModel):
     report_interval: float | None = Field(None, description="Devices' telemetry interval if unreported.")
     served_name: str | None = Field(None, description="Public model name on the devices.")
     registry: str | None = Field(None, description="OCI registry HOST:PORT to push a store model to.")
-    broker: str | None = Field(None, description="MQTT broker mqtt://HOST:PORT.")
+    broker: str | None = Field(None, description="MQTT broker mqtt://HOST:PORT (default: $SLMOPS_BROKER, `fleet up`).")
+    trust: Path | None = Field(None, description="Public key the artifact's signature must match.")
+
+    def problems(self) -> list[str]:
+        """Waves, gate, budget and durations: every mistake at once, before anything changes."""
+        from slmops.fleet.gate import gate_names
+        from slmops.fleet.rollout import parse_duration
+        from slmops.fleet.waves import parse_budget, parse_selector, parse_waves
+
+        out = []
+        for check, value in ((parse_waves, self.waves), (gate_names, self.gate),
+                             (parse_budget, self.max_unavailable), (parse_selector, self.select),
+                             (lambda v: parse_duration(v, "bake"), self.bake),
+                             (lambda v: parse_duration(v, "timeout"), self.timeout)):
+            if isinstance(value, str) and "${" in value:
+                continue
+            try:
+                check(value)
+            except SlmopsError as exc:
+                out.append(str(exc).rstrip("."))
+        return out
+
+    def start(self, *, store: ModelStore, spawn: bool = True, progress: Any = None) -> RolloutRecord:
+        from slmops.fleet.rollout import parse_duration
+
+        return start(store=store, broker=find_broker(self.broker, store.home), fleet=self.fleet, model=self.model,
+                     waves=self.waves, bake_s=parse_duration(self.bake), gate=self.gate, select=self.select,
+                     max_unavailable=self.max_unavailable, on_missing_data=self.on_missing_data,
+                     activate_timeout_s=parse_duration(self.timeout, "timeout"),
+                     report_interval_s=self.report_interval, per_label=self.per_label,
+                     registry=find_registry(self.registry, store.home), served_name=self.served_name,
+                     trust=self.trust, spawn=spawn, progress=progress)
 
 
 class RolloutFailed(CheckFailed):
@@ -298,8 +332,6 @@ def run(config: RolloutConfig, *, store: ModelStore, progress: Any = None) -> Ro
     """Start the roll-out and drive it in this process to its end (for the pipeline). A roll-out of
     the same model on this fleet that is still under way (a killed pipeline) is resumed instead.
     Raises :class:`RolloutFailed` when it failed."""
-    from slmops.fleet.rollout import parse_duration
-
     broker = find_broker(config.broker, store.home)
     rstore = RolloutStore(store.home)
     same = [r for r in rstore.active(config.fleet) if r.target.source == config.model and r.status != "paused"]
@@ -308,13 +340,7 @@ def run(config: RolloutConfig, *, store: ModelStore, progress: Any = None) -> Ro
         if progress:
             progress(f"resuming roll-out {rec.id} of {config.model} on fleet {config.fleet}")
     else:
-        rec = start(store=store, broker=broker, fleet=config.fleet, model=config.model, waves=config.waves,
-                    bake_s=parse_duration(config.bake), gate=config.gate, select=config.select,
-                    max_unavailable=config.max_unavailable, on_missing_data=config.on_missing_data,
-                    activate_timeout_s=parse_duration(config.timeout, "timeout"),
-                    report_interval_s=config.report_interval, per_label=config.per_label,
-                    registry=find_registry(config.registry, store.home), served_name=config.served_name,
-                    spawn=False, progress=progress)
+        rec = config.start(store=store, spawn=False, progress=progress)
         if progress:
             progress(f"roll-out {rec.id}: {len(rec.order)} device(s) in {len(rec.cuts)} wave(s) {rec.cuts}")
     seen = [len(rec.events)]

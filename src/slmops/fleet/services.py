@@ -134,10 +134,17 @@ def start_mosquitto(
 
 
 def start_registry(
-    folder: Path, *, host: str = "127.0.0.1", port: int | None = None, detach: bool = False, timeout: float = 15.0
+    folder: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    htpasswd: Path | None = None,
+    detach: bool = False,
+    timeout: float = 15.0,
 ) -> tuple[Service, subprocess.Popen]:
     """Start the CNCF Distribution registry on ``host:port`` (plain HTTP, loopback), storage in
-    ``folder/data``, deletes enabled (so tags and blobs can be cleaned up)."""
+    ``folder/data``, deletes enabled (so tags and blobs can be cleaned up); with ``htpasswd``
+    (bcrypt entries) every request needs basic-auth credentials."""
     binary = find_binary(REGISTRY_CANDIDATES, "docker-registry")
     folder = Path(folder).resolve()
     (folder / "data").mkdir(parents=True, exist_ok=True)
@@ -151,6 +158,7 @@ def start_registry(
         "  delete:\n    enabled: true\n"
         "  maintenance:\n    uploadpurging:\n      enabled: false\n"
         f"http:\n  addr: {host}:{port}\n"
+        + (f"auth:\n  htpasswd:\n    realm: slmops\n    path: {Path(htpasswd).resolve()}\n" if htpasswd else "")
     )
     log = folder / "registry.out"
     env_argv = [binary, "serve", str(conf)]

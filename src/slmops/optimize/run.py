@@ -9,10 +9,13 @@ built in staging folders, so a failure or a refused conversion leaves nothing be
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from pydantic import Field
+
+from slmops.configs import CommandConfig
 from slmops.errors import CheckFailed, SlmopsError
 from slmops.models.artifacts import disk_errors, inspect, require_free_space, write_provenance
 from slmops.models.pull import Progress, gguf_to_hf
@@ -31,28 +34,33 @@ class QualityGateError(CheckFailed):
     """A conversion lost more quality than ``--max-ppl-increase`` allows under ``--strict`` (exit code 1)."""
 
 
-@dataclass(frozen=True)
-class OptimizeConfig:
+class OptimizeConfig(CommandConfig):
     """Every option of one optimize run; CLI flag = Python argument (``--block-size`` = ``block_size``)."""
 
-    to: str | None = None
-    merge: bool = False
-    precision: str | None = None  # onnx: fp32 | fp16 | int8 | int4 (default int4)
-    quant: str | None = None  # gguf: f16 | q8_0 | q4_0 | q4_1 (default q8_0)
-    block_size: int = 32
-    symmetric: bool = True
-    accuracy_level: int | None = None
-    algorithm: str | None = None  # onnx int4/int8 method (default: k_quant_mixed for int4)
-    device: str = "cpu"
-    output: str | None = None
-    max_ppl_increase: float | None = None  # percent
-    strict: bool = False
-    ppl_text: Path | None = None
-    eval_data: str | None = None  # FILE or builtin:NAME; default: a test set from the source's lineage
-    eval_task: str | None = None  # the task --eval-data is scored as (a built-in set knows its own)
-    no_task_check: bool = False  # perplexity only, even when the lineage names a test set
-    keep_adapters: bool = False  # onnx: the adapter as a separate file next to one base (not merged)
-    adapters: tuple[str, ...] = ()  # more adapters of the same base to keep beside the source's
+    what: ClassVar[str] = "optimize options"
+    example: ClassVar[str] = "`slmops optimize --help` lists them."
+
+    to: str | None = Field(None, description="Target format: onnx (ONNX Runtime GenAI) or gguf.")
+    merge: bool = Field(False, description="Merge a PEFT adapter into its base model.")
+    precision: str | None = Field(None, description="ONNX weights: fp32, fp16 (cuda), int8 or int4 (default).")
+    quant: str | None = Field(None, description="GGUF weights: f16, q8_0 (default), q4_0 or q4_1.")
+    block_size: int = Field(32, description="int4/int8 quantization block size.")
+    symmetric: bool = Field(True, description="Symmetric (int) or asymmetric (uint) ONNX quantization.")
+    accuracy_level: int | None = Field(None, description="int4/int8 MatMul compute: 1 fp32, 2 fp16, 3 bf16, 4 int8.")
+    algorithm: str | None = Field(None, description="int4/int8 method: k_quant_mixed (int4 default), hqq, "
+                                                    "rtn_last, ...")
+    device: str = Field("cpu", description="Execution provider the ONNX model is built for.")
+    output: str | None = Field(None, description="Store name of the result (default: derived from the options).")
+    max_ppl_increase: float | None = Field(None, description="Flag the result if perplexity rises more (percent).")
+    strict: bool = Field(False, description="Refuse to register a flagged result (exits 1).")
+    ppl_text: Path | None = Field(None, description="Held-out text file for perplexity (default: built-in text).")
+    eval_data: str | None = Field(None, description="Test set (FILE or builtin:NAME) to compare the task metric on "
+                                                    "(default: one from the lineage).")
+    eval_task: str | None = Field(None, description="Task --eval-data is scored as (classification, qa, ...).")
+    no_task_check: bool = Field(False, description="Perplexity only, even when the lineage names a test set.")
+    keep_adapters: bool = Field(False, description="ONNX of an adapter: one base plus the adapter as a separate "
+                                                   "file, not merged.")
+    adapters: tuple[str, ...] = Field((), description="With keep_adapters: more adapters of the same base to keep.")
 
     @property
     def effective_precision(self) -> str:
@@ -310,7 +318,7 @@ def optimize(
 
 
 def _json_options(config: OptimizeConfig) -> dict[str, Any]:
-    data = asdict(config)
+    data = config.model_dump()
     data["precision"] = config.effective_precision if config.to == "onnx" else None
     data["quant"] = config.effective_quant if config.to == "gguf" else None
     data["algorithm"] = (

@@ -160,11 +160,7 @@ def check_optimize(s: dict[str, Any]) -> Problems:
     from slmops.optimize.run import OptimizeConfig
 
     out: Problems = [] if isinstance(s.get("model"), str) else [(("model",), "the model to optimize is required")]
-    options = {k: v for k, v in s.items() if k != "model"}
-    out += dataclass_problems(OptimizeConfig, options)
-    if not out:
-        out += [((), p) for p in OptimizeConfig(**options).problems()]
-    return out
+    return out + pydantic_problems(OptimizeConfig, {k: v for k, v in s.items() if k != "model"})
 
 
 def check_evaluate(s: dict[str, Any]) -> Problems:

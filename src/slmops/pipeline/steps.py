@@ -337,19 +337,7 @@ def _rollout_problems(values: dict[str, Any]) -> list[tuple[tuple[Any, ...], str
     from slmops.fleet.rollouts import RolloutConfig
     from slmops.pipeline.kinds import pydantic_problems
 
-    problems = pydantic_problems(RolloutConfig, values)
-    if not problems:  # waves, gate names and budgets are checked when the file loads too
-        from slmops.fleet.gate import gate_names
-        from slmops.fleet.waves import parse_budget, parse_waves
-
-        for key, check in (("waves", parse_waves), ("gate", gate_names), ("max_unavailable", parse_budget)):
-            value = values.get(key)
-            if isinstance(value, str) and "${" not in value:
-                try:
-                    check(value)
-                except SlmopsError as exc:
-                    problems.append(((key,), exc.message))
-    return problems
+    return pydantic_problems(RolloutConfig, values)
 
 
 def _rollout_schema() -> dict[str, Any]:

@@ -58,6 +58,7 @@ from slmops.serve.reqlog import RequestLog
 from slmops.serve.scheduler import Overloaded, Ticket, loop_sink
 
 CLIENT_CLOSED = 499  # nginx's status for "client closed the request"
+CONSTRAINED_ENGINES = ("torch", "onnx-genai")  # engines with per-row grammar masks and logprobs
 
 
 @dataclass
@@ -291,6 +292,7 @@ class Serving:
             replace(r, adapter=route.adapter)
             for r in body.to_requests(loaded.defaults, self.pool.config.max_tokens_cap)
         ]
+        self._check_engine(loaded, requests)
         given = body.prompt_ids_of() if isinstance(body, CompletionRequest) else [None] * len(requests)
         prompts = [self._prompt_ids(loaded, r, ids) for r, ids in zip(requests, given, strict=True)]
         queue: asyncio.Queue = asyncio.Queue()
@@ -310,6 +312,18 @@ class Serving:
             loaded, route.version, body.model, tickets, queue,
             texts=[[] for _ in tickets], logprobs=[[] for _ in tickets],
         )  # fmt: skip
+
+    @staticmethod
+    def _check_engine(loaded: Loaded, requests: list[GenerationRequest]) -> None:
+        """Structured output and logprobs need a local engine that exposes its logits."""
+        local = getattr(loaded.engine, "name", "") in CONSTRAINED_ENGINES
+        p = requests[0].params if requests else None
+        if p is not None and not local and p.grammar is not None:
+            raise APIError(400, f"{loaded.key} runs on the {loaded.engine.name} engine, which cannot enforce "
+                           "response_format or a required tool call.", param="response_format")  # fmt: skip
+        if p is not None and not local and p.logprobs is not None:
+            raise APIError(400, f"{loaded.key} runs on the {loaded.engine.name} engine, which cannot return logprobs.",
+                           param="logprobs")  # fmt: skip
 
     def _prompt_ids(self, loaded: Loaded, request: GenerationRequest, given: list[int] | None) -> list[int] | None:
         prompt_ids = getattr(loaded.engine, "prompt_ids", None)

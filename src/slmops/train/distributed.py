@@ -127,9 +127,11 @@ class DataParallelLoss:
     def backward(self, batch: Any, scale: float, *, last: bool) -> torch.Tensor:
         """Forward and backward of one micro-batch (gradients are synchronised on the ``last``
         one of the step); returns the batch's summed loss."""
+        self.ddp.module.batch = batch  # handed over directly: DDP never walks or copies the batch
         with nullcontext() if last else self.ddp.no_sync():
-            loss_sum = self.ddp(batch)
+            loss_sum = self.ddp()
             (loss_sum * (self.world / scale)).backward()
+        self.ddp.module.batch = None
         return loss_sum.detach()
 
 
@@ -138,9 +140,10 @@ class _Forward(torch.nn.Module):
         super().__init__()
         self.model = model  # registered: DDP hooks exactly its trainable parameters
         self._loss_sum = loss_sum
+        self.batch: Any = None  # the micro-batch of the current forward (already on the device)
 
-    def forward(self, batch: Any) -> torch.Tensor:
-        return self._loss_sum(self.model, batch)
+    def forward(self) -> torch.Tensor:
+        return self._loss_sum(self.model, self.batch)
 
 
 def _ddp_wanted(on_gpu: bool) -> bool:

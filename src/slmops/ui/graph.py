@@ -149,7 +149,7 @@ def _layers(graph: Graph) -> None:
             node.layer = max(0, graph.nodes[outs[0]].layer - 1)
 
 
-NODE_W, NODE_H, COL_W, ROW_H, PAD = 178, 46, 232, 62, 12
+NODE_W, NODE_H, COL_W, ROW_H, PAD, LANE = 178, 46, 232, 62, 12, 34
 FILL = {"model": "#e8f0fe", "data": "#fef7e0", "teacher": "#fce8e6", "deployment": "#e6f4ea"}
 STROKE = {"model": "#1a73e8", "data": "#f9ab00", "teacher": "#d93025", "deployment": "#188038"}
 
@@ -163,22 +163,34 @@ def render_svg(graph: Graph) -> str:
     order = {"model": 0, "teacher": 1, "data": 2, "deployment": 3}
     for node in sorted(graph.nodes.values(), key=lambda n: (order[n.kind], n.label)):
         columns.setdefault(node.layer, []).append(node)
+    long_edges = any(graph.nodes[e.target].layer - graph.nodes[e.source].layer > 1 for e in graph.edges)
+    top = PAD + (LANE if long_edges else 0)  # a lane above the nodes for edges that skip a layer
     pos: dict[str, tuple[float, float]] = {}
     for col, nodes in columns.items():
         for row, node in enumerate(nodes):
-            pos[node.id] = (PAD + col * COL_W, PAD + row * ROW_H)
+            pos[node.id] = (PAD + col * COL_W, top + row * ROW_H)
     width = PAD * 2 + (max(columns, default=0)) * COL_W + NODE_W
-    height = PAD * 2 + max((len(v) for v in columns.values()), default=1) * ROW_H - (ROW_H - NODE_H)
+    height = top + PAD + max((len(v) for v in columns.values()), default=1) * ROW_H - (ROW_H - NODE_H)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="lineage" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" role="img" aria-label="lineage graph">',
            '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" '
            'orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#888"/></marker></defs>']
     for e in graph.edges:
         (x1, y1), (x2, y2) = pos[e.source], pos[e.target]
+        attrs = (f'class="edge" data-source="{escape(e.source)}" data-target="{escape(e.target)}" '
+                 f'data-label="{escape(e.label)}"')
+        if graph.nodes[e.target].layer - graph.nodes[e.source].layer > 1:
+            # over the top: from the source's top edge, through the lane, down onto the target's top edge
+            sx, ex, lane = x1 + NODE_W * 0.7, x2 + NODE_W * 0.3, PAD + 6
+            out.append(f'<path {attrs} d="M{sx:.0f},{y1:.0f} C{sx:.0f},{lane} {ex:.0f},{lane} {ex:.0f},{y2 - 2:.0f}" '
+                       f'fill="none" stroke="#b06000" stroke-dasharray="5 3" marker-end="url(#arrow)">'
+                       f"<title>{escape(e.label)}</title></path>")
+            out.append(f'<text x="{(sx + ex) / 2:.0f}" y="{lane + 10}" font-size="11" fill="#b06000" '
+                       f'text-anchor="middle">{escape(e.label)}</text>')
+            continue
         x1, y1, x2, y2 = x1 + NODE_W, y1 + NODE_H / 2, x2, y2 + NODE_H / 2
         mid = (x1 + x2) / 2
-        out.append(f'<path class="edge" data-source="{escape(e.source)}" data-target="{escape(e.target)}" '
-                   f'd="M{x1:.0f},{y1:.0f} C{mid:.0f},{y1:.0f} {mid:.0f},{y2:.0f} {x2 - 2:.0f},{y2:.0f}" '
+        out.append(f'<path {attrs} d="M{x1:.0f},{y1:.0f} C{mid:.0f},{y1:.0f} {mid:.0f},{y2:.0f} {x2 - 2:.0f},{y2:.0f}" '
                    f'fill="none" stroke="#888" marker-end="url(#arrow)"><title>{escape(e.label)}</title></path>')
     for node in graph.nodes.values():
         x, y = pos[node.id]
