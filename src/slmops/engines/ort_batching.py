@@ -85,6 +85,9 @@ class DecoderGraph:
         if threads:
             opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        # idle intra-op threads sleep instead of spinning: measured 1.65-1.85x faster single-stream
+        # decode than spinning on a shared 2-core machine (bench/RESULTS.md); SLMOPS_ORT_SPIN=1 spins
+        opts.add_session_config_entry("session.intra_op.allow_spinning", os.environ.get("SLMOPS_ORT_SPIN", "0"))
         try:
             session = ort.InferenceSession(str(path / dec["filename"]), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for a bad file
