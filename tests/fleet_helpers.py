@@ -58,6 +58,17 @@ class StateWatch:
             time.sleep(0.05)
         raise AssertionError(f"{device}: timed out waiting for {what or pred}; last state {self.states.get(device)}")
 
+    def wait_telemetry(self, device: str, pred, timeout: float = 30.0) -> protocol.Telemetry:
+        """The first telemetry window of ``device`` that satisfies ``pred`` (seen or still to come)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                found = [t for t in self.telemetry.get(device, []) if pred(t)]
+            if found:
+                return found[0]
+            time.sleep(0.05)
+        raise AssertionError(f"{device}: no telemetry window matched; got {self.telemetry.get(device, [])[-3:]}")
+
     def close(self) -> None:
         mqtt.close(self.client)
 

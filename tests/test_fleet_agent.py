@@ -61,6 +61,9 @@ def test_agent_follows_desired_state_and_keeps_previous(tmp_path, mosquitto, pus
         assert st.labels == {"site": "a"} and st.desired_generation == 1
         r = _chat(agent.url)
         assert r.status_code == 200, r.text
+        # the request is counted in a telemetry window of v1 (windows only count the active version)
+        tele = watch.wait_telemetry("dev1", lambda t: t.requests and t.digest == pushed[1].digest)
+        assert tele.p95_ms is not None and tele.memory_mb > 0 and tele.errors == 0
         _assign(mosquitto, fleet, "dev1", pushed[2])
         st = watch.wait("dev1", lambda s: s.active and s.active.digest == pushed[2].digest and s.status == "ok")
         assert st.previous == [pushed[1].digest] and st.desired_generation == 2
@@ -77,8 +80,6 @@ def test_agent_follows_desired_state_and_keeps_previous(tmp_path, mosquitto, pus
         _assign(mosquitto, fleet, "dev1", pushed[1])
         watch.wait("dev1", lambda s: s.active and s.active.digest == pushed[1].digest and s.status == "ok")
         assert "downloading" not in watch.history["dev1"][before:]
-        tele = [t for t in watch.telemetry.get("dev1", []) if t.requests]
-        assert tele and tele[0].p95_ms is not None and tele[0].memory_mb > 0
     finally:
         agent.stop()
         watch.close()
