@@ -128,7 +128,7 @@ def time_runtime_loop(engine: Any, max_tokens: int, repeats: int) -> float:
     """The ONNX runtime's own decode loop: tokens/s with no detokenization or stop handling."""
     import numpy as np
 
-    og, ids = engine._og, engine.prompt_ids(_request(1))
+    og, ids = engine.og, engine.prompt_ids(_request(1))
     best = 0.0
     for _ in range(repeats):
         params = og.GeneratorParams(engine.og_model)

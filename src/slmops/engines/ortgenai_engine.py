@@ -37,6 +37,7 @@ from slmops.engines.base import (
 )
 from slmops.engines.batching import StreamBatch
 from slmops.engines.grammar import RowConstraint, mask_numpy, row_constraint
+from slmops.engines.onnx_manifest import read_manifest
 from slmops.engines.ort_batching import DecoderGraph, OrtDecodeBatch
 from slmops.engines.prefix_cache import PrefixCache
 from slmops.engines.text import IncrementalDecoder, StopMatcher
@@ -81,23 +82,17 @@ class OrtGenAIEngine(Engine):
     def __init__(self, path: Path, *, threads: int | None = None, max_batch_size: int = 16) -> None:
         from slmops.models.loader import load_tokenizer
 
-        og = _load_og()
         cfg_path = path / "genai_config.json"
         if not cfg_path.exists():
             raise InvalidModelError(f"{path} has no genai_config.json.", "Rebuild it with `slmops optimize --to onnx`.")
         genai = json.loads(cfg_path.read_text(encoding="utf-8"))["model"]
-        config = og.Config(str(path))
-        config.clear_providers()  # CPU; a CUDA build keeps its provider only when the runtime has one
-        self._cuda = False
-        for provider in genai["decoder"]["session_options"].get("provider_options", []):
-            for name in provider:
-                if name == "cuda" and os.environ.get("SLMOPS_ORT_CUDA"):
-                    config.append_provider(name)
-                    self._cuda = True
-        if threads:
-            overlay = {"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}
-            config.overlay(json.dumps(overlay))
-        self._og, self._config, self._og_model = og, config, None
+        providers = genai["decoder"]["session_options"].get("provider_options", [])
+        # a CUDA build keeps its provider only when asked to and the runtime has one
+        self._cuda = bool(os.environ.get("SLMOPS_ORT_CUDA")) and any("cuda" in p for p in providers)
+        self._threads = threads
+        self._og: Any = None
+        self._config: Any = None
+        self._og_model: Any = None
         self.path = path
         self.tokenizer = load_tokenizer(path)
         eos = genai.get("eos_token_id")
@@ -107,20 +102,41 @@ class OrtGenAIEngine(Engine):
         self.context_length = int(genai.get("context_length") or 1 << 30)
         self.vocab_size = int(genai.get("vocab_size") or len(self.tokenizer))
         self.max_batch_size = max_batch_size
-        self.adapters, self.default_adapter, self._og_adapters = self._load_adapters(path)
         # continuous batching and prefix caching on the decoder graph (see ort_batching); models
-        # with adapters, or graphs it does not know, run on the runtime's generator instead
-        self.graph = None if self.adapters or self._cuda else DecoderGraph.open(path, threads=threads)
+        # with adapters, or graphs it does not know, run on the runtime's generator instead. The
+        # graph path never loads onnxruntime-genai (its own copy of the runtime: ~40 MB resident)
+        self.adapters, self.default_adapter, self._og_adapters = (), None, None
+        self.graph = None
+        if not read_manifest(path) and not self._cuda:
+            self.graph = DecoderGraph.open(path, threads=threads)
         self.prefix_cache = PrefixCache() if self.graph is not None else None
         if self.graph is None:
+            self.adapters, self.default_adapter, self._og_adapters = self._load_adapters(path)
             _ = self.og_model  # load now: a bad file fails at open, not at the first request
+
+    @property
+    def og(self) -> Any:
+        """onnxruntime-genai and this model's runtime config, set up on first use (only the
+        generator path, for adapters and graphs the batcher does not drive, needs them)."""
+        if self._og is None:
+            og = _load_og()
+            config = og.Config(str(self.path))
+            config.clear_providers()
+            if self._cuda:
+                config.append_provider("cuda")
+            if self._threads:
+                overlay = {"model": {"decoder": {"session_options": {"intra_op_num_threads": self._threads}}}}
+                config.overlay(json.dumps(overlay))
+            self._og, self._config = og, config
+        return self._og
 
     @property
     def og_model(self) -> Any:
         """The runtime's model, loaded on first use (only the generator path needs it)."""
         if self._og_model is None:
+            og = self.og
             try:
-                self._og_model = self._og.Model(self._config)
+                self._og_model = og.Model(self._config)
             except Exception as exc:  # onnxruntime raises RuntimeError/OrtException for a bad file
                 msg = f"Could not load the ONNX model at {self.path} ({exc})."
                 raise InvalidModelError(msg, "Rebuild it.") from exc
@@ -134,12 +150,10 @@ class OrtGenAIEngine(Engine):
         return OrtDecodeBatch(self, self.graph, self.prefix_cache)
 
     def _load_adapters(self, path: Path) -> tuple[tuple[str, ...], str | None, Any]:
-        from slmops.engines.onnx_manifest import read_manifest
-
         manifest = read_manifest(path)
         if not manifest:
             return (), None, None
-        loaded = self._og.Adapters(self.og_model)
+        loaded = self.og.Adapters(self.og_model)
         for name, rel in manifest["adapters"].items():
             try:
                 loaded.load(str(path / rel), name)
@@ -188,9 +202,9 @@ class OrtGenAIEngine(Engine):
             g = self.graph
             bufs = [np.zeros((1, g.kv_heads, len(ids), g.head_size), dtype=g.kv_dtype) for _ in g.past]
             return np.asarray(g.run(np.asarray([ids]), [len(ids)], bufs)[0], dtype=np.float32)
-        params = self._og.GeneratorParams(self.og_model)
+        params = self.og.GeneratorParams(self.og_model)
         params.set_search_options(max_length=min(len(ids) + 1, self.context_length), batch_size=1)
-        gen = self._og.Generator(self.og_model, params)
+        gen = self.og.Generator(self.og_model, params)
         self._activate(gen, adapter or self.default_adapter)
         gen.append_tokens(np.asarray([ids], dtype=np.int32))
         return np.asarray(gen.get_output("logits"), dtype=np.float32)[0]
@@ -256,9 +270,9 @@ class OrtGenAIEngine(Engine):
         if p.temperature > 0:
             seed = p.seed if p.seed is not None else int.from_bytes(os.urandom(4), "little") >> 1
             options.update(temperature=p.temperature, top_p=p.top_p, top_k=0, random_seed=seed)
-        params = self._og.GeneratorParams(self.og_model)
+        params = self.og.GeneratorParams(self.og_model)
         params.set_search_options(**options)
-        gen = self._og.Generator(self.og_model, params)
+        gen = self.og.Generator(self.og_model, params)
         self._activate(gen, rows[0].adapter)
         gen.append_tokens(tokens)
         active = list(range(len(rows)))
