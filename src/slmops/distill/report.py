@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from slmops.errors import SlmopsError
-from slmops.evaluate import EvalReport, evaluate
+from slmops.evaluate import EvalConfig, EvalReport, evaluate
 from slmops.evaluate.compare import time_per_request_ms
 from slmops.models.store import ModelStore
 
@@ -108,5 +108,6 @@ def distill_report(
         raise SlmopsError("Give at least one student to compare with the teacher.", "Add --student REF.")
     if teacher in students or len(set(students)) != len(students):
         raise SlmopsError("The teacher and the students must be different models, each named once.")
-    report = evaluate([teacher, *students], data, task, store=store, progress=progress, **eval_options)
+    config = EvalConfig(refs=(teacher, *students), data=data, task=task, **eval_options)
+    report = evaluate(config, store=store, progress=progress)
     return DistillReport(teacher, task, report.primary_metric, summarize(report, teacher, students), report)
