@@ -81,7 +81,9 @@ class EvalConfig(CommandConfig):
     @field_validator("labels", "metrics", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
-        """``"a,b,c"`` (as the flag takes it) is the list ``a``, ``b``, ``c``."""
+        """``"a,b,c"`` (as the flag takes it) is the list ``a``, ``b``, ``c``; ``None`` is none."""
+        if value is None:
+            return ()
         return tuple(p.strip() for p in value.split(",") if p.strip()) if isinstance(value, str) else value
 
     @field_validator("data", "perplexity", "report_dir", mode="before")
