@@ -31,7 +31,7 @@ from slmops.distill.report import distill_report
 from slmops.distill.run import DistillRunConfig, run_distill
 from slmops.distill.train import DistillTrainConfig, run_train
 from slmops.evaluate.builtin import resolve_data
-from slmops.evaluate.run import default_report_dir
+from slmops.evaluate.run import EvalConfig, default_report_dir
 from slmops.train import FinetuneConfig
 
 app = typer.Typer(
@@ -201,23 +201,10 @@ def report(
     """  # noqa: E501
     store = open_store()
     out_dir = report_dir or default_report_dir(store, task, resolve_data(data)[1])
-    result = distill_report(
-        teacher,
-        student,
-        data,
-        task,
-        store=store,
-        progress=status,
-        labels=labels,
-        input_field=input_field,
-        target_field=target_field,
-        max_tokens=max_tokens,
-        batch_size=batch_size,
-        limit=limit,
-        latency_samples=latency_samples,
-        threads=threads,
-        report_dir=out_dir,
-    )
+    config = EvalConfig((teacher, *student), data, task, labels=labels, input_field=input_field,
+                        target_field=target_field, max_tokens=max_tokens, batch_size=batch_size, limit=limit,
+                        latency_samples=latency_samples, threads=threads, report_dir=out_dir)
+    result = distill_report(config, store=store, progress=status)
     if as_json:
         print_json(result.to_dict())
         return

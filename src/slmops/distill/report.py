@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from slmops.errors import SlmopsError
@@ -93,21 +92,14 @@ def summarize(report: EvalReport, teacher: str, students: Sequence[str]) -> list
 
 
 def distill_report(
-    teacher: str,
-    students: Sequence[str],
-    data: str | Path,
-    task: str,
-    *,
-    store: ModelStore | None = None,
-    progress: Callable[[str], None] | None = None,
-    **eval_options: Any,
+    config: EvalConfig, *, store: ModelStore | None = None, progress: Callable[[str], None] | None = None
 ) -> DistillReport:
-    """Evaluate the teacher and each student on ``data`` (``eval_options`` are
-    :class:`~slmops.evaluate.EvalConfig` fields) and summarise the students against the teacher."""
+    """Evaluate the teacher (``config.refs[0]``, the baseline) and each student (the other refs)
+    as ``config`` says, and summarise the students against the teacher."""
+    teacher, students = config.refs[0], list(config.refs[1:])
     if not students:
         raise SlmopsError("Give at least one student to compare with the teacher.", "Add --student REF.")
     if teacher in students or len(set(students)) != len(students):
         raise SlmopsError("The teacher and the students must be different models, each named once.")
-    config = EvalConfig(refs=(teacher, *students), data=data, task=task, **eval_options)
     report = evaluate(config, store=store, progress=progress)
-    return DistillReport(teacher, task, report.primary_metric, summarize(report, teacher, students), report)
+    return DistillReport(teacher, config.task, report.primary_metric, summarize(report, teacher, students), report)
