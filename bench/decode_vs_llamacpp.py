@@ -56,14 +56,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _convert(store: Any, model: str, **options: Any) -> str:
     from slmops.models.resolve import resolve
-    from slmops.optimize import optimize
-    from slmops.optimize.run import OptimizeConfig, default_output
+    from slmops.optimize import OptimizeConfig, optimize
+    from slmops.optimize.run import default_output
 
-    name = default_output(resolve(model, store), OptimizeConfig(**options))
+    name = default_output(resolve(model, store), OptimizeConfig(model, **options))
     if store.find(name) is not None:
         return name
     print(f"converting {model} -> {name} ...", file=sys.stderr)
-    return optimize(model, store=store, **options).record.ref
+    return optimize(OptimizeConfig(model, **options), store=store).record.ref
 
 
 def _request(max_tokens: int, nonce: int = 0) -> Any:

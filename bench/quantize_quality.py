@@ -61,11 +61,11 @@ def variants(extra_int4: str) -> list[tuple[str, dict[str, Any]]]:
 
 def convert(store: Any, model: str, options: dict[str, Any], ppl_text: Path | None) -> Any:
     from slmops.models.resolve import resolve
-    from slmops.optimize import optimize
-    from slmops.optimize.run import OptimizeConfig, default_output
+    from slmops.optimize import OptimizeConfig, optimize
+    from slmops.optimize.run import default_output
 
     options = {k: v for k, v in options.items() if k != "output"}
-    name = default_output(resolve(model, store), OptimizeConfig(**options))
+    name = default_output(resolve(model, store), OptimizeConfig(model, **options))
     if "algorithm" in options:
         name = f"{name}-{options['algorithm'].replace('_', '-')}"
     existing = store.find(name)
@@ -75,13 +75,13 @@ def convert(store: Any, model: str, options: dict[str, Any], ppl_text: Path | No
         return existing
     print(f"converting {model} -> {name} ...", file=sys.stderr)
     return optimize(
-        model, store=store, output=name, ppl_text=ppl_text, no_task_check=True, **options
+        OptimizeConfig(model, output=name, ppl_text=ppl_text, no_task_check=True, **options), store=store
     ).record
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from slmops.evaluate import evaluate
+    from slmops.evaluate import EvalConfig, evaluate
     from slmops.models.resolve import resolve
     from slmops.models.store import ModelStore
     from slmops.optimize.task_check import explicit
@@ -92,11 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     check = explicit(args.data, args.task)
     records = [(label, convert(store, args.model, opts, args.ppl_text)) for label, opts in variants(args.int4)]
     print(f"scoring {len(records) + 1} models on {args.data} ({check.task}) ...", file=sys.stderr)
-    report = evaluate(
-        [source.label] + [r.ref for _, r in records], check.data, check.task, store=store,
-        record=False, latency_samples=0, limit=args.limit, threads=args.threads,
-        progress=lambda m: print(m, file=sys.stderr),
-    )
+    config = EvalConfig((source.label, *[r.ref for _, r in records]), check.data, check.task, record=False,
+                        latency_samples=0, limit=args.limit, threads=args.threads)
+    report = evaluate(config, store=store, progress=lambda m: print(m, file=sys.stderr))
     metric = report.primary_metric
     scores = [m.metrics.get(metric) if m.ok else None for m in report.models]
     src_score = scores[0]

@@ -113,14 +113,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _convert(store: Any, model: str) -> str:
     from slmops.models.resolve import resolve
-    from slmops.optimize import optimize
-    from slmops.optimize.run import OptimizeConfig, default_output
+    from slmops.optimize import OptimizeConfig, optimize
+    from slmops.optimize.run import default_output
 
-    name = default_output(resolve(model, store), OptimizeConfig(to="onnx", precision="int4"))
+    config = OptimizeConfig(model, to="onnx", precision="int4")
+    name = default_output(resolve(model, store), config)
     if store.find(name) is not None:
         return name
     print(f"converting {model} -> {name} ...", file=sys.stderr)
-    return optimize(model, store=store, to="onnx", precision="int4").record.ref
+    return optimize(config, store=store).record.ref
 
 
 def prompt(kind: str, text: str) -> str:

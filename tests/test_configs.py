@@ -11,6 +11,7 @@ from pydantic import Field
 from slmops.cli import app
 from slmops.cli.common import field_option
 from slmops.configs import CommandConfig, ConfigError
+from slmops.fleet.agent_config import AgentConfig
 from slmops.ops.loadtest import BenchConfig
 from slmops.ops.validate import ValidateConfig
 from slmops.optimize.prune import PruneConfig
@@ -60,11 +61,12 @@ def _params(*path: str) -> dict[str, click.Parameter]:
     ("validate", ValidateConfig, {"eval_file": "eval"}),
     ("prune", PruneConfig, {}),
     ("optimize", OptimizeConfig, {}),
+    ("agent run", AgentConfig, {}),
 ])
 def test_cli_defaults_and_help_are_the_config_s(command, model, renamed):
     """No default or help text restated by hand: the command's options match its config."""
     checked = 0
-    for name, param in _params(command).items():
+    for name, param in _params(*command.split()).items():
         field = renamed.get(name, name)
         if field not in model.model_fields or param.param_type_name != "option":
             continue

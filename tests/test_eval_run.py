@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from slmops.engines.base import Engine, GenerationParams, GenerationRequest, GenerationResult, StreamChunk
 from slmops.errors import DataError, EngineError, SlmopsError
-from slmops.evaluate import SCHEMA_VERSION, evaluate
+from slmops.evaluate import SCHEMA_VERSION, EvalConfig, evaluate
 from slmops.evaluate.builtin import BUILTIN_DATASETS, builtin_dataset, resolve_data
 from slmops.evaluate.model import generate_robust
 from tests.tiny import build_model
@@ -78,8 +78,9 @@ def run(tiny_model_dir: Path, tiny_b: Path, data_file: Path, tmp_path_factory: p
     ppl = root / "ppl.txt"
     ppl.write_text("The capital of France is Paris. Hello world! How are you today?", encoding="utf-8")
     refs = [str(tiny_model_dir), "tiny-b", str(root / "no-such-model")]
-    report = evaluate(refs, data_file, "classification", store=store, labels=LABELS, perplexity=ppl,
-                      report_dir=root / "reports", **FAST)
+    config = EvalConfig(refs, data_file, "classification", labels=LABELS, perplexity=ppl,
+                        report_dir=root / "reports", **FAST)
+    report = evaluate(config, store=store)
     return report, store, refs
 
 
@@ -149,14 +150,15 @@ def test_judge_scores_sit_beside_the_metrics(tiny_model_dir, data_file, store, m
         return FakeEngine("Score: 8/10") if ref == "fake-judge" else real_open(ref, *args, **kwargs)
 
     monkeypatch.setattr(run_mod, "open_engine", fake_open)
-    report = evaluate([str(tiny_model_dir)], data_file, "classification", store=store, labels=LABELS,
-                      judge="fake-judge", **FAST)
+    config = EvalConfig([str(tiny_model_dir)], data_file, "classification", labels=LABELS, judge="fake-judge", **FAST)
+    report = evaluate(config, store=store)
     m = report.models[0]
     assert m.judge is not None and m.judge.mean == 8.0 and m.judge.unparsed == 0 and len(m.judge.scores) == 3
     assert "accuracy" in m.metrics  # never instead of the automatic metrics
     assert report.to_dict()["models"][0]["records"][0]["judge_score"] == 8.0
-    broken = evaluate([str(tiny_model_dir)], data_file, "classification", store=store, labels=LABELS,
-                      judge=str(tiny_model_dir.parent / "missing-judge"), **FAST)
+    config = EvalConfig([str(tiny_model_dir)], data_file, "classification", labels=LABELS,
+                        judge=str(tiny_model_dir.parent / "missing-judge"), **FAST)
+    broken = evaluate(config, store=store)
     assert broken.models[0].ok and broken.models[0].judge is None
     assert "could not be opened" in broken.config["warnings"][0]
 
@@ -169,20 +171,21 @@ def test_a_failing_request_is_retried_alone_and_counted():
 
 
 def test_labels_inferred_from_gold_answers_and_limit(tiny_model_dir, data_file, store):
-    report = evaluate([str(tiny_model_dir)], data_file, "classification", store=store, limit=2, record=False, **FAST)
+    config = EvalConfig([str(tiny_model_dir)], data_file, "classification", limit=2, record=False, **FAST)
+    report = evaluate(config, store=store)
     assert report.labels == ("billing", "Technical") and report.record_counts()["total"] == 2
 
 
 def test_nothing_scorable_is_a_clear_data_error(tiny_model_dir, data_file, store):
     with pytest.raises(DataError) as err:
-        evaluate([str(tiny_model_dir)], data_file, "qa", store=store, target_field="label", **FAST)
+        evaluate(EvalConfig([str(tiny_model_dir)], data_file, "qa", target_field="label", **FAST), store=store)
     assert str(data_file) in str(err.value) and "--target-field" in str(err.value)
     with pytest.raises(SlmopsError, match="Unknown task"):
-        evaluate([str(tiny_model_dir)], data_file, "poetry", store=store)
+        evaluate(EvalConfig([str(tiny_model_dir)], data_file, "poetry"), store=store)
     with pytest.raises(SlmopsError, match="Unknown metric"):
-        evaluate([str(tiny_model_dir)], data_file, "generation", store=store, metrics=["rouge"])
+        evaluate(EvalConfig([str(tiny_model_dir)], data_file, "generation", metrics=["rouge"]), store=store)
     with pytest.raises(SlmopsError, match="batch_size"):
-        evaluate([str(tiny_model_dir)], data_file, "qa", store=store, batch_size=0)
+        evaluate(EvalConfig([str(tiny_model_dir)], data_file, "qa", batch_size=0), store=store)
 
 
 def test_builtin_support_tickets_dataset():

@@ -15,7 +15,7 @@ from slmops.engines import GenerationParams, GenerationRequest, open_engine
 from slmops.engines.onnx_manifest import read_manifest
 from slmops.errors import EngineError, SlmopsError
 from slmops.models.artifacts import import_model
-from slmops.optimize import optimize
+from slmops.optimize import OptimizeConfig, optimize
 from slmops.optimize.onnx_adapters import adapter_params
 
 
@@ -56,7 +56,7 @@ def _greedy(engine, adapter: str | None) -> str:
 
 def test_kept_adapters_answer_like_the_merged_models(adapter_store):
     result = optimize(
-        "qa", to="onnx", precision="fp32", keep_adapters=True, adapters=("chat",), store=adapter_store
+        OptimizeConfig("qa", to="onnx", precision="fp32", keep_adapters=True, adapters=("chat",)), store=adapter_store
     )
     rec = result.record
     assert (rec.ref, rec.format, rec.parents) == ("qa-onnx-fp32-adapters:1", "onnx-genai", ["qa:1", "chat:1"])
@@ -68,7 +68,7 @@ def test_kept_adapters_answer_like_the_merged_models(adapter_store):
     engine = open_engine(rec.ref, adapter_store)
     assert engine.adapters == ("qa", "chat")
     for name in ("qa", "chat"):
-        merged = open_engine(optimize(name, merge=True, store=adapter_store).record.ref, adapter_store)
+        merged = open_engine(optimize(OptimizeConfig(name, merge=True), store=adapter_store).record.ref, adapter_store)
         assert _greedy(engine, name) == _greedy(merged, None)
     assert _greedy(engine, None) == _greedy(engine, "qa")  # no adapter named: the default
     with pytest.raises(EngineError, match="its adapters are qa, chat"):
@@ -97,7 +97,7 @@ def test_int4_base_keeps_the_lora_paths_unquantized(adapter_store, algorithm: st
     import onnx
 
     rec = optimize(
-        "qa", to="onnx", precision="int4", algorithm=algorithm, keep_adapters=True, store=adapter_store
+        OptimizeConfig("qa", to="onnx", precision="int4", algorithm=algorithm, keep_adapters=True), store=adapter_store
     ).record
     graph = onnx.load(str(rec.path / "model.onnx"), load_external_data=False).graph
     ops = {n.name: n.op_type for n in graph.node}
@@ -120,5 +120,5 @@ def test_int4_base_keeps_the_lora_paths_unquantized(adapter_store, algorithm: st
 )
 def test_bad_keep_adapter_combinations_are_refused(adapter_store, ref: str, options: dict, message: str):
     with pytest.raises(SlmopsError, match=message):
-        optimize(ref, store=adapter_store, **options)
+        optimize(OptimizeConfig(ref, **options), store=adapter_store)
     assert not any(r.format == "onnx-genai" for r in adapter_store.list())

@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 from slmops.errors import SlmopsError
 from slmops.files import file_sha256
 from slmops.models.artifacts import import_model
-from slmops.optimize import optimize
+from slmops.optimize import OptimizeConfig, optimize
 from slmops.optimize.bundle import (
     FAMILIES,
     default_system,
@@ -25,7 +25,7 @@ from slmops.optimize.bundle import (
 
 def test_ollama_bundle_has_gguf_modelfile_and_manifest(store, tiny_model_dir: Path, tmp_path: Path):
     import_model(store, tiny_model_dir, "tiny")
-    optimize("tiny", to="gguf", quant="f16", store=store)
+    optimize(OptimizeConfig("tiny", to="gguf", quant="f16"), store=store)
     out = tmp_path / "ollama"
     manifest = export_bundle("tiny-gguf-f16", "ollama", out, store=store)
     modelfile = (out / "Modelfile").read_text()

@@ -13,16 +13,20 @@ QUESTION = GenerationRequest.chat("What is the capital of France?", GenerationPa
 
 def test_int4_onnx_is_small_answers_paris_and_stops(real_store):
     from slmops.engines import open_engine
-    from slmops.optimize import optimize
+    from slmops.optimize import OptimizeConfig, optimize
 
-    result = optimize("smollm2-135m-instruct", to="onnx", precision="int4", output="real-int4", store=real_store)
+    result = optimize(
+        OptimizeConfig("smollm2-135m-instruct", to="onnx", precision="int4", output="real-int4"), store=real_store
+    )
     q = result.quality
     assert q.size_bytes <= 0.25 * q.source_size_bytes
     assert q.perplexity_increase_pct is not None and q.perplexity_increase_pct < 25  # measured: +16.7% (k_quant_mixed)
     with open_engine(result.record.ref, real_store) as engine:
         answer = engine.generate([QUESTION])[0]
     assert "Paris" in answer.text and answer.finish_reason == "stop"
-    hqq = optimize("smollm2-135m-instruct", to="onnx", algorithm="hqq", output="real-int4-hqq", store=real_store)
+    hqq = optimize(
+        OptimizeConfig("smollm2-135m-instruct", to="onnx", algorithm="hqq", output="real-int4-hqq"), store=real_store
+    )
     assert hqq.quality.size_bytes <= 0.25 * q.source_size_bytes
     assert hqq.quality.perplexity_increase_pct <= 10  # measured: +0.54% (the source is a dequantized Q4_1 GGUF)
 
@@ -31,9 +35,9 @@ def test_gguf_loads_in_llama_cpp_and_answers(real_store):
     pytest.importorskip("llama_cpp")
     from slmops.engines.llamacpp_engine import LlamaCppEngine
     from slmops.models.artifacts import gguf_file
-    from slmops.optimize import optimize
+    from slmops.optimize import OptimizeConfig, optimize
 
-    f16 = optimize("smollm2-135m-instruct", to="gguf", quant="f16", output="real-f16", store=real_store)
+    f16 = optimize(OptimizeConfig("smollm2-135m-instruct", to="gguf", quant="f16", output="real-f16"), store=real_store)
     assert abs(f16.quality.perplexity_increase_pct) < 0.5
     with LlamaCppEngine(gguf_file(f16.record.path), n_ctx=1024) as engine:
         answer = engine.generate([QUESTION])[0]

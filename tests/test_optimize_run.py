@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from slmops.errors import SlmopsError
 from slmops.models.artifacts import import_model
-from slmops.optimize import QualityGateError, optimize
+from slmops.optimize import OptimizeConfig, QualityGateError, optimize
 from slmops.optimize import quality as quality_mod
 
 
@@ -40,7 +40,7 @@ def lora_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def test_gguf_conversion_is_registered_with_lineage_and_quality(tiny_store):
-    result = optimize("tiny", to="gguf", quant="q8_0", store=tiny_store)
+    result = optimize(OptimizeConfig("tiny", to="gguf", quant="q8_0"), store=tiny_store)
     rec = result.record
     assert (rec.ref, rec.format, rec.parents) == ("tiny-gguf-q8_0:1", "gguf", ["tiny:1"])
     assert rec.recipe["kind"] == "optimize" and rec.recipe["quant"] == "q8_0" and rec.recipe["to"] == "gguf"
@@ -57,7 +57,7 @@ def test_gguf_conversion_is_registered_with_lineage_and_quality(tiny_store):
 def test_onnx_conversion_registers_a_runnable_model(tiny_store, tiny_engine):
     from slmops.engines import GenerationParams, GenerationRequest, open_engine
 
-    result = optimize("tiny", to="onnx", precision="fp32", output="tiny-ort", store=tiny_store)
+    result = optimize(OptimizeConfig("tiny", to="onnx", precision="fp32", output="tiny-ort"), store=tiny_store)
     assert (result.record.ref, result.record.format) == ("tiny-ort:1", "onnx-genai")
     assert result.record.recipe["precision"] == "fp32"
     assert abs(result.quality.perplexity_increase_pct) < 0.01  # same weights, another runtime
@@ -73,7 +73,7 @@ def test_merged_adapter_equals_base_plus_adapter(tiny_store, lora_dir: Path, tin
     from slmops.models.loader import load_with_adapter
 
     import_model(tiny_store, lora_dir, "tiny-lora", base="tiny")
-    result = optimize("tiny-lora", merge=True, store=tiny_store)
+    result = optimize(OptimizeConfig("tiny-lora", merge=True), store=tiny_store)
     rec = result.record
     assert (rec.ref, rec.format, rec.parents) == ("tiny-lora-merged:1", "hf", ["tiny-lora:1"])
     assert abs(result.quality.perplexity_increase_pct) < 1e-3
@@ -98,23 +98,23 @@ def test_strict_refuses_a_conversion_that_lost_too_much(tiny_store, monkeypatch)
 
     monkeypatch.setattr(quality_mod, "score", worse)
     with pytest.raises(QualityGateError, match=r"Not registered: perplexity rose 1\d\.\d\d% \(\d+\.\d+ -> \d+\.\d+\)"):
-        optimize("tiny", to="gguf", quant="q4_0", max_ppl_increase=5, strict=True, store=tiny_store)
+        optimize(OptimizeConfig("tiny", to="gguf", quant="q4_0", max_ppl_increase=5, strict=True), store=tiny_store)
     assert tiny_store.find("tiny-gguf-q4_0") is None
     assert list(tiny_store.tmp_dir.glob("optimize*")) == []  # nothing half-written left behind
-    flagged = optimize("tiny", to="gguf", quant="q4_0", max_ppl_increase=5, store=tiny_store)
+    flagged = optimize(OptimizeConfig("tiny", to="gguf", quant="q4_0", max_ppl_increase=5), store=tiny_store)
     assert flagged.flagged and flagged.record.metrics["optimize"]["flagged"] is True
 
 
 def test_bad_options_are_reported_together_before_any_work(tiny_store):
     with pytest.raises(SlmopsError) as err:
-        optimize("tiny", to="onnx", quant="q8_0", precision="int3", block_size=48, strict=True, store=tiny_store)
+        optimize(OptimizeConfig("tiny", to="onnx", quant="q8_0", precision="int3", block_size=48, strict=True))
     msg = str(err.value)
     for part in ("--quant applies", "--precision must be", "--block-size", "--strict needs"):
         assert part in msg
     with pytest.raises(SlmopsError, match="nothing to do"):
-        optimize("tiny", store=tiny_store)
+        optimize(OptimizeConfig("tiny"), store=tiny_store)
     with pytest.raises(SlmopsError, match="--merge needs a PEFT adapter"):
-        optimize("tiny", merge=True, store=tiny_store)
+        optimize(OptimizeConfig("tiny", merge=True), store=tiny_store)
     assert [r.name for r in tiny_store.list()] == ["tiny"]
 
 

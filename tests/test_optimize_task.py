@@ -11,7 +11,7 @@ import pytest
 
 from slmops.errors import SlmopsError
 from slmops.models.artifacts import import_model
-from slmops.optimize import optimize
+from slmops.optimize import OptimizeConfig, optimize
 from slmops.optimize import task_check as tc
 
 
@@ -31,7 +31,7 @@ def qa_file(tmp_path: Path) -> Path:
 
 def test_no_test_set_in_lineage_means_perplexity_only(tiny_store):
     assert tc.from_lineage(tiny_store.get("tiny"), tiny_store) is None
-    result = optimize("tiny", to="gguf", quant="q8_0", store=tiny_store)
+    result = optimize(OptimizeConfig("tiny", to="gguf", quant="q8_0"), store=tiny_store)
     assert result.quality.task is None and result.record.metrics["optimize"]["task"] is None
 
 
@@ -45,7 +45,9 @@ def test_recorded_eval_result_is_found_through_the_parents(tiny_store, qa_file: 
     })
     check = tc.from_lineage(tiny_store.get("tiny"), tiny_store)
     assert check == tc.TaskCheck(str(new), "qa", "eval.qa.qa of tiny:1")  # latest whose file still exists
-    merged = optimize("tiny", to="gguf", quant="f16", output="child", store=tiny_store, no_task_check=True)
+    merged = optimize(
+        OptimizeConfig("tiny", to="gguf", quant="f16", output="child", no_task_check=True), store=tiny_store
+    )
     assert merged.quality.task is None  # --no-task-check
     assert tc.from_lineage(tiny_store.get("child"), tiny_store) == check  # found on the parent
 
@@ -69,7 +71,9 @@ def test_finetune_eval_data_is_scored_with_the_distillation_task(
 
 
 def test_explicit_eval_data_measures_source_and_result(tiny_store, qa_file: Path):
-    result = optimize("tiny", to="onnx", precision="fp32", eval_data=str(qa_file), eval_task="qa", store=tiny_store)
+    result = optimize(
+        OptimizeConfig("tiny", to="onnx", precision="fp32", eval_data=str(qa_file), eval_task="qa"), store=tiny_store
+    )
     t = result.quality.task
     assert (t.task, t.metric, t.records, t.origin, t.error) == ("qa", "token_f1", 4, "--eval-data", None)
     assert t.score == t.source_score and t.delta_points == 0.0  # fp32 ONNX answers exactly like torch
@@ -97,7 +101,7 @@ def test_bad_eval_options_are_clear(data: str, task: str | None, message: str):
 
 def test_eval_task_without_eval_data_is_refused(tiny_store):
     with pytest.raises(SlmopsError, match="--eval-task applies to --eval-data"):
-        optimize("tiny", to="gguf", eval_task="qa", store=tiny_store)
+        optimize(OptimizeConfig("tiny", to="gguf", eval_task="qa"), store=tiny_store)
 
 
 def test_cli_prints_the_task_row(tiny_store, qa_file: Path):

@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 
 from slmops.errors import SlmopsError
-from slmops.fleet.gate import Window
-from slmops.fleet.protocol import ActiveModel, DesiredState, ReportedState
+from slmops.fleet.protocol import ActiveModel, DesiredState, ReportedState, Telemetry
 from slmops.fleet.rollout import Controller, plan
 from slmops.fleet.rollstore import LeaseHeld, RolloutStore, Target
 from slmops.fleet.view import DeviceView
@@ -42,7 +41,7 @@ class FakeFleet:
                                         generation=3) for d in self.labels}
         self.active = {d: OLD for d in self.labels}
         self.failed: dict[str, str] = {}
-        self.windows: list[Window] = []
+        self.windows: list[Telemetry] = []
         self.published: list[tuple[str, DesiredState | None]] = []
         self.ever_new: set[str] = set()
         self.kill_at: tuple[int, str] | None = None  # (publish call number, "before"|"after")
@@ -58,7 +57,7 @@ class FakeFleet:
             out[d] = DeviceView(d, st, self.desired[d], d not in self.offline)
         return out
 
-    def windows_since(self, since: float) -> list[Window]:
+    def windows_since(self, since: float) -> list[Telemetry]:
         return [w for w in self.windows if w.sent_at >= since]
 
     def publish_desired(self, states: dict[str, DesiredState | None]) -> None:
@@ -85,8 +84,8 @@ class FakeFleet:
                     self.failed.pop(d, None)
                     self.ever_new |= {d} if want.digest == NEW else set()
             probe = 80.0 + (self.bad.get(self.labels[d]["zone"], 0.0) if self.active[d] == NEW else 0.0)
-            self.windows.append(Window(d, self.active[d], self.clock.t, requests=5, errors=0, p50_ms=100.0,
-                                       p95_ms=200.0, probe_score=probe))
+            self.windows.append(Telemetry(device_id=d, digest=self.active[d], sent_at=self.clock.t, window_s=1.0,
+                                          requests=5, errors=0, p50_ms=100.0, p95_ms=200.0, probe_score=probe))
 
 
 def _target() -> Target:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from slmops.errors import SlmopsError
-from slmops.fleet.gate import Window, aggregate, evaluate_gate, gate_names
+from slmops.fleet.gate import aggregate, evaluate_gate, gate_names
+from slmops.fleet.protocol import Telemetry
 from slmops.fleet.rollout import parse_duration
 from slmops.fleet.simulator import parse_fault, parse_labels
 from slmops.fleet.waves import (
@@ -85,7 +86,8 @@ def test_gate_names_are_checked_before_anything():
 
 
 def _w(dev, requests=10, errors=0, p95=200.0, probe=80.0, digest="sha256:new"):
-    return Window(dev, digest, 0.0, requests=requests, errors=errors, p50_ms=p95 / 2, p95_ms=p95, probe_score=probe)
+    return Telemetry(device_id=dev, digest=digest, sent_at=0.0, window_s=1.0, requests=requests, errors=errors,
+                     p50_ms=p95 / 2, p95_ms=p95, probe_score=probe)
 
 
 def test_aggregate_weights_latency_by_requests():

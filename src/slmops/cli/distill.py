@@ -17,6 +17,7 @@ from slmops.cli.common import (
     ThreadsOpt,
     config_option,
     console,
+    field_option,
     open_store,
     print_json,
     status,
@@ -28,9 +29,9 @@ from slmops.distill.config import GenerateConfig, make_generate_config
 from slmops.distill.generate import GenerateResult, run_generate
 from slmops.distill.report import distill_report
 from slmops.distill.run import DistillRunConfig, run_distill
-from slmops.distill.train import run_train
+from slmops.distill.train import DistillTrainConfig, run_train
 from slmops.evaluate.builtin import resolve_data
-from slmops.evaluate.run import default_report_dir
+from slmops.evaluate.run import EvalConfig, default_report_dir
 from slmops.train import FinetuneConfig
 
 app = typer.Typer(
@@ -116,12 +117,9 @@ def filter_table(result: GenerateResult) -> Table:
 
 @app.command("train")
 def train(
-    student: Annotated[str, typer.Option("--student", "-m", help="Student model: store name, catalog name or path.")],
-    synthetic: Annotated[list[Path], typer.Option("--synthetic", "-s", help="Synthetic data file(s) from generate.")],
-    output: Annotated[
-        str | None,
-        typer.Option("--output", "-o", help="Store name for the distilled student (default: <student>-distilled)."),
-    ] = None,
+    student: str = field_option(DistillTrainConfig, "student", "-m"),
+    synthetic: list[Path] = field_option(DistillTrainConfig, "synthetic", "-s"),
+    output: str | None = field_option(DistillTrainConfig, "output", "-o"),
     method: Annotated[str | None, _f("method")] = None,
     max_steps: Annotated[int | None, _f("max_steps")] = None,
     epochs: Annotated[float | None, _f("epochs")] = None,
@@ -157,9 +155,8 @@ def train(
     """  # noqa: E501
     overrides = {k: v for k, v in locals().items() if k in FinetuneConfig.model_fields and v is not None}
     with TrainBar(enabled=not as_json) as bar:
-        result = run_train(
-            student, synthetic, output, store=open_store(), progress=bar.update, config_file=config, **overrides
-        )
+        settings = DistillTrainConfig(student, tuple(synthetic), output, overrides, config)
+        result = run_train(settings, store=open_store(), progress=bar.update)
     if as_json:
         print_json(result.to_dict())
         return
@@ -204,23 +201,10 @@ def report(
     """  # noqa: E501
     store = open_store()
     out_dir = report_dir or default_report_dir(store, task, resolve_data(data)[1])
-    result = distill_report(
-        teacher,
-        student,
-        data,
-        task,
-        store=store,
-        progress=status,
-        labels=labels,
-        input_field=input_field,
-        target_field=target_field,
-        max_tokens=max_tokens,
-        batch_size=batch_size,
-        limit=limit,
-        latency_samples=latency_samples,
-        threads=threads,
-        report_dir=out_dir,
-    )
+    config = EvalConfig((teacher, *student), data, task, labels=labels, input_field=input_field,
+                        target_field=target_field, max_tokens=max_tokens, batch_size=batch_size, limit=limit,
+                        latency_samples=latency_samples, threads=threads, report_dir=out_dir)
+    result = distill_report(config, store=store, progress=status)
     if as_json:
         print_json(result.to_dict())
         return

@@ -71,12 +71,11 @@ def eval_cmd(
     """
     store = open_store()
     out_dir = report_dir or default_report_dir(store, task, resolve_data(data)[1])
-    report = evaluate(
-        refs, data, task, store=store, progress=status, labels=labels, target_field=target_field,
-        input_field=input_field, metrics=_split(metrics), perplexity=perplexity, judge=judge, max_tokens=max_tokens,
-        batch_size=batch_size, limit=limit, latency_samples=latency_samples, raw=raw, system=system, seed=seed,
-        threads=threads, report_dir=out_dir, record=not no_record,
+    config = EvalConfig(
+        tuple(refs), data, task, labels or (), target_field, input_field, _split(metrics), perplexity, judge,
+        max_tokens, batch_size, limit, latency_samples, raw, system, threads, seed, out_dir, not no_record,
     )
+    report = evaluate(config, store=store, progress=status)
     if as_json:
         print_json(report.to_dict())
     else:

@@ -12,7 +12,7 @@ from slmops.cli.common import JsonOpt, console, err_console, field_option, human
 from slmops.optimize import optimize as run_optimize
 from slmops.optimize.run import OptimizeConfig
 
-RefArg = Annotated[str, typer.Argument(help="Source model or adapter: name, name:version, name@alias or a path.")]
+RefArg = Annotated[str, typer.Argument(help=OptimizeConfig.model_fields["ref"].description)]
 
 
 def optimize(
@@ -54,29 +54,11 @@ def optimize(
 
     Example: slmops optimize smollm2-135m-instruct --to onnx --precision int4 --max-ppl-increase 10
     """
-    result = run_optimize(
-        ref,
-        to=to,
-        merge=merge,
-        precision=precision,
-        quant=quant,
-        block_size=block_size,
-        symmetric=symmetric,
-        accuracy_level=accuracy_level,
-        algorithm=algorithm,
-        device=device,
-        output=output,
-        max_ppl_increase=max_ppl_increase,
-        strict=strict,
-        ppl_text=ppl_text,
-        eval_data=eval_data,
-        eval_task=eval_task,
-        no_task_check=no_task_check,
-        keep_adapters=keep_adapters,
-        adapters=tuple(adapter or ()),
-        store=open_store(),
-        progress=status,
+    config = OptimizeConfig(
+        ref, to, merge, precision, quant, block_size, symmetric, accuracy_level, algorithm, device, output,
+        max_ppl_increase, strict, ppl_text, eval_data, eval_task, no_task_check, keep_adapters, tuple(adapter or ()),
     )
+    result = run_optimize(config, store=open_store(), progress=status)
     if as_json:
         print_json(result.to_dict())
         return

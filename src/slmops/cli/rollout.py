@@ -24,6 +24,7 @@ app = typer.Typer(help="Staged roll-outs to a fleet, gated on what the devices m
 BrokerOpt = Annotated[str | None, typer.Option(
     "--broker", help="MQTT broker mqtt://HOST:PORT (default: $SLMOPS_BROKER, else what `fleet up` recorded).")]
 FleetOpt = Annotated[str, typer.Option("--fleet", help="Fleet name.")]
+IdArg = Annotated[str, typer.Argument(help="Roll-out id.")]
 
 
 def _home() -> Path:
@@ -77,11 +78,24 @@ def _watch(home: Path, rollout_id: str, until_done: bool = True) -> RolloutRecor
     return rec
 
 
-def _outcome(rec: RolloutRecord, as_json: bool) -> None:
+def _show(rec: RolloutRecord, as_json: bool) -> None:
+    """A roll-out in full: its record (``--json``) or the table."""
     if as_json:
         print_json(rec.model_dump(exclude={"order", "labels", "previous", "generation"}))
     else:
         console.print(_render(rec))
+
+
+def _changed(rec: RolloutRecord, as_json: bool, line: str) -> None:
+    """What a pause, resume, abort or rollback left: the summary (``--json``) or one line."""
+    if as_json:
+        print_json(rec.summary())
+    else:
+        console.print(line)
+
+
+def _outcome(rec: RolloutRecord, as_json: bool) -> None:
+    _show(rec, as_json)
     if rec.status == "failed":
         raise rollouts.RolloutFailed(rec)
 
@@ -145,10 +159,7 @@ def status_cmd(
     rec = rollouts.find(home, rollout_id, fleet)
     if watch:
         rec = _watch(home, rec.id)
-    if as_json:
-        print_json(rec.model_dump(exclude={"order", "labels", "previous", "generation"}))
-    else:
-        console.print(_render(rec))
+    _show(rec, as_json)
 
 
 @app.command("list")
@@ -172,18 +183,18 @@ def list_cmd(fleet: Annotated[str | None, typer.Option("--fleet", help="Only thi
 
 
 @app.command("pause")
-def pause_cmd(rollout_id: Annotated[str, typer.Argument(help="Roll-out id.")], as_json: JsonOpt = False) -> None:
+def pause_cmd(rollout_id: IdArg, as_json: JsonOpt = False) -> None:
     """Pause a running roll-out where it is (its controller stops; `resume` continues it).
 
     Example: slmops rollout pause ro-20260101-120000-ab12
     """
     rec = rollouts.pause(_home(), rollout_id)
-    print_json(rec.summary()) if as_json else console.print(f"roll-out {rec.id} paused at wave {rec.wave + 1}.")
+    _changed(rec, as_json, f"roll-out {rec.id} paused at wave {rec.wave + 1}.")
 
 
 @app.command("resume")
 def resume_cmd(
-    rollout_id: Annotated[str, typer.Argument(help="Roll-out id.")],
+    rollout_id: IdArg,
     broker: BrokerOpt = None,
     foreground: Annotated[bool, typer.Option("--foreground", help="Run the controller in this process.")] = False,
     as_json: JsonOpt = False,
@@ -202,12 +213,12 @@ def resume_cmd(
         status(f"controller of {rec.id} stops: {rec.status}" + (f" ({rec.reason})" if rec.reason else ""))
         return
     rec = rollouts.resume(home, rollout_id, b)
-    print_json(rec.summary()) if as_json else console.print(
-        f"roll-out {rec.id} {rec.status} at wave {rec.wave + 1}/{len(rec.cuts)}; its controller runs.")
+    _changed(rec, as_json,
+             f"roll-out {rec.id} {rec.status} at wave {rec.wave + 1}/{len(rec.cuts)}; its controller runs.")
 
 
 @app.command("abort")
-def abort_cmd(rollout_id: Annotated[str, typer.Argument(help="Roll-out id.")], broker: BrokerOpt = None,
+def abort_cmd(rollout_id: IdArg, broker: BrokerOpt = None,
               as_json: JsonOpt = False) -> None:
     """Stop a roll-out where it is: devices already on the new version keep it; touched devices
     not on it yet (offline, downloading) go back to their previous version.
@@ -225,13 +236,12 @@ def abort_cmd(rollout_id: Annotated[str, typer.Argument(help="Roll-out id.")], b
         rec = rollouts.abort(home, rollout_id, io=view)
     finally:
         view.close()
-    print_json(rec.summary()) if as_json else console.print(
-        f"roll-out {rec.id} aborted; {len(rec.touched)} device(s) keep the new version.")
+    _changed(rec, as_json, f"roll-out {rec.id} aborted; {len(rec.touched)} device(s) keep the new version.")
 
 
 @app.command("rollback")
 def rollback_cmd(
-    rollout_id: Annotated[str, typer.Argument(help="Roll-out id.")],
+    rollout_id: IdArg,
     broker: BrokerOpt = None,
     wait: Annotated[bool, typer.Option("--wait", help="Block until every device is back.")] = False,
     as_json: JsonOpt = False,
@@ -244,8 +254,7 @@ def rollback_cmd(
     rec = rollouts.rollback(home, rollout_id, rollouts.find_broker(broker, home))
     if wait:
         rec = _watch(home, rec.id)
-    print_json(rec.summary()) if as_json else console.print(
-        f"roll-out {rec.id}: {rec.status}, {len(rec.touched)} device(s) going back.")
+    _changed(rec, as_json, f"roll-out {rec.id}: {rec.status}, {len(rec.touched)} device(s) going back.")
 
 
 # -- fleet status / fleet simulate (registered on the `fleet` group) ----------------------------

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from slmops.errors import SlmopsError
-from slmops.evaluate import EvalReport, evaluate
+from slmops.evaluate import EvalConfig, EvalReport, evaluate
 from slmops.evaluate.compare import time_per_request_ms
 from slmops.models.store import ModelStore
 
@@ -93,20 +92,14 @@ def summarize(report: EvalReport, teacher: str, students: Sequence[str]) -> list
 
 
 def distill_report(
-    teacher: str,
-    students: Sequence[str],
-    data: str | Path,
-    task: str,
-    *,
-    store: ModelStore | None = None,
-    progress: Callable[[str], None] | None = None,
-    **eval_options: Any,
+    config: EvalConfig, *, store: ModelStore | None = None, progress: Callable[[str], None] | None = None
 ) -> DistillReport:
-    """Evaluate the teacher and each student on ``data`` (``eval_options`` are
-    :class:`~slmops.evaluate.EvalConfig` fields) and summarise the students against the teacher."""
+    """Evaluate the teacher (``config.refs[0]``, the baseline) and each student (the other refs)
+    as ``config`` says, and summarise the students against the teacher."""
+    teacher, students = config.refs[0], list(config.refs[1:])
     if not students:
         raise SlmopsError("Give at least one student to compare with the teacher.", "Add --student REF.")
     if teacher in students or len(set(students)) != len(students):
         raise SlmopsError("The teacher and the students must be different models, each named once.")
-    report = evaluate([teacher, *students], data, task, store=store, progress=progress, **eval_options)
-    return DistillReport(teacher, task, report.primary_metric, summarize(report, teacher, students), report)
+    report = evaluate(config, store=store, progress=progress)
+    return DistillReport(teacher, config.task, report.primary_metric, summarize(report, teacher, students), report)

@@ -25,7 +25,7 @@ from slmops.distill.stages import generate_then_train
 from slmops.distill.train import DistillTrainResult
 from slmops.errors import SlmopsError
 from slmops.evaluate.builtin import BUILTIN_DATASETS, BUILTIN_PREFIX, resolve_data
-from slmops.evaluate.run import default_report_dir
+from slmops.evaluate.run import EvalConfig, default_report_dir
 from slmops.models.refs import name_problems
 from slmops.models.store import ModelStore
 from slmops.optimize.prune import PruneConfig, PruneResult, parse_keep, prune
@@ -156,12 +156,13 @@ def run_distill(
     generated, trained = two.generate, two.train
     timings.update(generate=two.generate_seconds, train=two.train_seconds)
     distilled = trained.record.ref
-    report = timed("evaluate", lambda: distill_report(
-        config.teacher, [student, distilled], config.test, config.task, store=store,
-        progress=lambda m: notify("evaluate", m), labels=labels, limit=config.test_limit,
+    eval_config = EvalConfig(
+        (config.teacher, student, distilled), config.test, config.task, labels=labels, limit=config.test_limit,
         latency_samples=config.latency_samples, threads=config.threads,
         report_dir=config.report_dir or default_report_dir(store, config.task, test_name),
-    ))
+    )
+    report = timed("evaluate", lambda: distill_report(eval_config, store=store,
+                                                      progress=lambda m: notify("evaluate", m)))
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
     return DistillRunResult(config.teacher, student, distilled, pruned, generated, trained, report, timings, settings)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from slmops.distill.config import GenerateConfig
 from slmops.distill.generate import GenerateResult, run_generate
-from slmops.distill.train import DistillTrainResult, run_train
+from slmops.distill.train import DistillTrainConfig, DistillTrainResult, run_train
 from slmops.errors import SlmopsError
 from slmops.models.store import ModelStore
 
@@ -65,5 +65,6 @@ def generate_then_train(
                           "and max_tokens.")
     resume = training_unfinished(store, output)
     say(f"stage 2: {student} learns {accepted} accepted answers" + (" (resuming)" if resume else ""))
-    t = run_train(student, [g.output], output, store=store, progress=on_train, **{**train_options, "resume": resume})
+    config = DistillTrainConfig(student, (g.output,), output, {**train_options, "resume": resume})
+    t = run_train(config, store=store, progress=on_train)
     return TwoStageResult(g, t, t1 - t0, time.perf_counter() - t1)

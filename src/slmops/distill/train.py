@@ -17,8 +17,11 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from pydantic import Field
+
+from slmops.configs import CommandConfig
 from slmops.data.records import write_jsonl_atomic
 from slmops.distill.journal import read_lines, side_path
 from slmops.errors import DataError
@@ -94,28 +97,38 @@ def default_output(student: str) -> str:
     return validate_name(re.sub(r"[^a-z0-9._-]+", "-", str(name).lower()).strip("-.")[:88] + "-distilled")
 
 
+class DistillTrainConfig(CommandConfig):
+    """Everything one ``slmops distill train`` needs: the student, the teacher's accepted answers,
+    and the fine-tuning settings (any :class:`~slmops.train.FinetuneConfig` key but ``model``,
+    ``data`` and ``output``, which this config sets), checked by ``FinetuneConfig`` before any
+    file is written."""
+
+    what: ClassVar[str] = "distill train settings"
+    example: ClassVar[str] = "`slmops distill train --help` lists them."
+
+    student: str = Field(description="Student model: store name, catalog name or path.")
+    synthetic: tuple[Path, ...] = Field(min_length=1, description="Synthetic data file(s) from generate.")
+    output: str | None = Field(None, description="Store name for the distilled student (default: <student>-distilled).")
+    train: dict[str, Any] = Field(default_factory=dict, description="`finetune` settings: method, max_steps, lr, ...")
+    config_file: Path | None = Field(None, description="YAML file of any finetune keys (``train`` overrides them).")
+
+
 def run_train(
-    student: str,
-    synthetic: Sequence[Path],
-    output: str | None = None,
-    *,
-    store: ModelStore | None = None,
-    progress: Progress | None = None,
-    config_file: Path | None = None,
-    **overrides: Any,
+    config: DistillTrainConfig, *, store: ModelStore | None = None, progress: Progress | None = None
 ) -> DistillTrainResult:
-    """Train ``student`` on the accepted records of ``synthetic``; ``overrides`` are
-    :class:`~slmops.train.FinetuneConfig` fields (``method``, ``max_steps``, ``lr``, ...)."""
+    """Train ``config.student`` on the accepted records of ``config.synthetic`` and register it."""
     store = store or ModelStore()
-    output = validate_name(output) if output else default_output(student)
-    records, lineage = synthetic_examples(synthetic)
+    output = validate_name(config.output) if config.output else default_output(config.student)
+    records, lineage = synthetic_examples(config.synthetic)
     run_dir = store.home / "runs" / f"distill-{output}"
     train_file = run_dir / "train.jsonl"
-    config = load_config(config_file, {**overrides, "model": student, "data": [train_file], "output": output})
+    finetune = load_config(
+        config.config_file, {**config.train, "model": config.student, "data": [train_file], "output": output}
+    )
     write_jsonl_atomic(train_file, records)  # after every option was validated
     lineage = {**lineage, "train_file": str(train_file), "train_sha256": file_sha256(train_file)}
-    if config.teacher:
-        lineage["kd_teacher"] = config.teacher  # resolved, with the KD settings, in the recipe's "kd"
+    if finetune.teacher:
+        lineage["kd_teacher"] = finetune.teacher  # resolved, with the KD settings, in the recipe's "kd"
     (run_dir / "distill.json").write_text(json.dumps(lineage, indent=2) + "\n", encoding="utf-8")
-    result = finetune_run(config, store, progress, recipe={"distill": lineage})
+    result = finetune_run(finetune, store, progress, recipe={"distill": lineage})
     return DistillTrainResult(result, result.record, train_file, lineage)

@@ -124,6 +124,28 @@ def choose(logits: torch.Tensor, rows: list[_Row], eos_ids: set[int]) -> list[Ba
     return [row.event(row.advance(t, eos_ids), lp) for row, t, lp in zip(rows, chosen, lps, strict=True)]
 
 
+def new_row(rid: int, request: GenerationRequest, engine: Any, prompt_ids: list[int] | None = None) -> _Row:
+    """The batch row of ``request`` (``prompt_ids``, else the engine's tokens for it), for every
+    batcher: raises :class:`EngineError` for a prompt that leaves no room in the context window;
+    the row gets its own RNG and, when asked for, its grammar."""
+    prompt = list(prompt_ids) if prompt_ids is not None else engine.prompt_ids(request)
+    room = engine.context_length - len(prompt)
+    if room < 1 or not prompt:
+        raise EngineError(
+            f"The prompt has {len(prompt)} tokens but the model's context window is {engine.context_length}.",
+            "Shorten the prompt.",
+        )
+    params = request.params
+    # unseeded rows draw from the OS, never torch.seed(), which would reseed the process-wide RNG
+    seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little")
+    tok = engine.tokenizer
+    decoder = IncrementalDecoder(lambda ids: tok.decode(ids, skip_special_tokens=True))
+    row = _Row(rid, prompt, params, min(params.max_tokens, room), decoder, StopMatcher(params.stop),
+               torch.Generator().manual_seed(seed), adapter=request.adapter)
+    attach_constraint(row, engine)
+    return row
+
+
 def attach_constraint(row: _Row, engine: Any) -> None:
     """Give a new row its grammar matcher when its request has one (engines with a HF tokenizer)."""
     if row.params.grammar is not None:
@@ -196,25 +218,10 @@ class DecodeBatch:
         """Queue a request to join at the next step; returns its id. Raises :class:`EngineError`
         for a prompt that leaves no room in the context window."""
         self.engine.check_adapter(request.adapter)
-        prompt = list(prompt_ids) if prompt_ids is not None else self.engine.prompt_ids(request)
-        room = self.engine.context_length - len(prompt)
-        if room < 1 or not prompt:
-            raise EngineError(
-                f"The prompt has {len(prompt)} tokens but the model's context window is {self.engine.context_length}.",
-                "Shorten the prompt.",
-            )
-        params = request.params
-        # unseeded rows draw from the OS, never torch.seed(), which would reseed the process-wide RNG
-        seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little")
-        gen = torch.Generator().manual_seed(seed)
-        tok = self.engine.tokenizer
-        decoder = IncrementalDecoder(lambda ids: tok.decode(ids, skip_special_tokens=True))
-        rid, self._next_id = self._next_id, self._next_id + 1
-        row = _Row(rid, prompt, params, min(params.max_tokens, room), decoder, StopMatcher(params.stop), gen)
-        row.adapter = request.adapter
-        attach_constraint(row, self.engine)
+        row = new_row(self._next_id, request, self.engine, prompt_ids)  # an id only for a row that joins
+        self._next_id += 1
         self._pending.append(row)
-        return rid
+        return row.id
 
     def cancel(self, rid: int) -> None:
         """The row leaves the batch at the next step boundary and emits nothing more."""

@@ -38,10 +38,9 @@ import numpy as np
 import torch
 
 from slmops.engines.base import GenerationRequest
-from slmops.engines.batching import BatchEvent, _Row, attach_constraint, choose
+from slmops.engines.batching import BatchEvent, _Row, choose, new_row
 from slmops.engines.prefix_cache import PrefixCache, shared_prefix_groups
-from slmops.engines.text import IncrementalDecoder, StopMatcher
-from slmops.errors import EngineError, InvalidModelError
+from slmops.errors import InvalidModelError
 
 if TYPE_CHECKING:
     from slmops.engines.decoder import GraphDecoder
@@ -166,22 +165,10 @@ class OrtDecodeBatch:
     def add(self, request: GenerationRequest, prompt_ids: list[int] | None = None) -> int:
         eng = self.engine
         eng._adapter(request)  # validates the name (adapter models never reach this batcher)
-        prompt = list(prompt_ids) if prompt_ids is not None else eng.prompt_ids(request)
-        room = eng.context_length - len(prompt)
-        if room < 1 or not prompt:
-            raise EngineError(
-                f"The prompt has {len(prompt)} tokens but the model's context window is {eng.context_length}.",
-                "Shorten the prompt.",
-            )
-        params = request.params
-        seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(8), "little")
-        decoder = IncrementalDecoder(lambda ids: eng.tokenizer.decode(ids, skip_special_tokens=True))
-        rid, self._next_id = self._next_id, self._next_id + 1
-        row = _Row(rid, prompt, params, min(params.max_tokens, room), decoder, StopMatcher(params.stop),
-                   torch.Generator().manual_seed(seed))
-        attach_constraint(row, eng)
+        row = new_row(self._next_id, request, eng, prompt_ids)  # an id only for a row that joins
+        self._next_id += 1
         self._pending.append(row)
-        return rid
+        return row.id
 
     def cancel(self, rid: int) -> None:
         self._cancelled.add(rid)

@@ -5,8 +5,9 @@ gates, validate) calls :func:`evaluate` or the pieces below instead of computing
 
 Example::
 
-    from slmops.evaluate import evaluate
-    report = evaluate(["smollm2-135m-instruct", "my-int4:1"], "builtin:support-tickets", "classification")
+    from slmops.evaluate import EvalConfig, evaluate
+    config = EvalConfig(("smollm2-135m-instruct", "my-int4:1"), "builtin:support-tickets", "classification")
+    report = evaluate(config)
     report.comparison.row("my-int4:1").quality_retention_pct
 """
 
@@ -17,7 +18,7 @@ from slmops.evaluate.builtin import BUILTIN_DATASETS, builtin_dataset, resolve_d
 from slmops.evaluate.compare import Comparison, ModelComparison, compare_models
 from slmops.evaluate.report import render_html, render_markdown, write_reports
 from slmops.evaluate.results import SCHEMA_VERSION, EvalReport, ModelResult
-from slmops.evaluate.run import EvalConfig, evaluate, evaluate_model, run_eval
+from slmops.evaluate.run import EvalConfig, evaluate, evaluate_model
 from slmops.evaluate.tasks import TASKS
 
 __all__ = [
@@ -39,6 +40,5 @@ __all__ = [
     "render_html",
     "render_markdown",
     "resolve_data",
-    "run_eval",
     "write_reports",
 ]

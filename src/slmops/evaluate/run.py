@@ -1,4 +1,4 @@
-"""``evaluate(refs, data, task) -> EvalReport``: the one place evaluation numbers come from.
+"""``evaluate(EvalConfig(refs, data, task)) -> EvalReport``: the one place evaluation numbers come from.
 
 Reads top to bottom: validate the config, read and prepare every record (records that cannot
 be scored are counted, not fatal), then for each model: load it through ``open_engine``,
@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from slmops.configs import CommandConfig
 from slmops.data.records import read_located
@@ -78,6 +78,19 @@ class EvalConfig(CommandConfig):
                                                      "$SLMOPS_HOME/evals/<time>-<task>-<data>).")
     record: bool = Field(True, description="Record the results in the store's model metrics.")
 
+    @field_validator("labels", "metrics", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        """``"a,b,c"`` (as the flag takes it) is the list ``a``, ``b``, ``c``; ``None`` is none."""
+        if value is None:
+            return ()
+        return tuple(p.strip() for p in value.split(",") if p.strip()) if isinstance(value, str) else value
+
+    @field_validator("data", "perplexity", "report_dir", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, PurePath) else value
+
     def problems(self) -> list[str]:
         problems = []
         if not self.refs:
@@ -85,33 +98,6 @@ class EvalConfig(CommandConfig):
         if self.perplexity and not Path(self.perplexity).is_file():
             problems.append(f"perplexity file {self.perplexity} does not exist")
         return problems
-
-
-def evaluate(
-    refs: Sequence[str],
-    data: str | Path,
-    task: str,
-    *,
-    store: ModelStore | None = None,
-    progress: Progress | None = None,
-    **options: Any,
-) -> EvalReport:
-    """Evaluate one or more models on a test set; the first model is the baseline.
-
-    ``options`` are :class:`EvalConfig` fields (``labels`` may be ``"a,b,c"``).
-    """
-    if isinstance(options.get("labels"), str):
-        options["labels"] = parse_labels(options["labels"])
-    for key in ("labels", "metrics"):
-        if options.get(key) is None:
-            options.pop(key, None)
-        else:
-            options[key] = tuple(options[key])
-    for key in ("perplexity", "report_dir"):
-        if options.get(key) is not None:
-            options[key] = str(options[key])
-    config = EvalConfig(refs=tuple(refs), data=str(data), task=task, **options)
-    return run_eval(config, store=store, progress=progress)
 
 
 def prepare(config: EvalConfig) -> tuple[Path, str, tuple[str, ...], tuple[str, ...], list[EvalItem]]:
@@ -140,7 +126,8 @@ def prepare(config: EvalConfig) -> tuple[Path, str, tuple[str, ...], tuple[str, 
     return path, dataset, label_set, metrics, items
 
 
-def run_eval(config: EvalConfig, *, store: ModelStore | None = None, progress: Progress | None = None) -> EvalReport:
+def evaluate(config: EvalConfig, *, store: ModelStore | None = None, progress: Progress | None = None) -> EvalReport:
+    """Evaluate ``config.refs`` on a test set; the first model is the baseline."""
     # the config checked itself when it was built; prepare() checks the task
     store = store or ModelStore()
     say = progress or (lambda _msg: None)

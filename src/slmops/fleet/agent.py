@@ -24,8 +24,6 @@ import shutil
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -33,6 +31,7 @@ import psutil
 from slmops import __version__
 from slmops.errors import SlmopsError
 from slmops.fleet import mqtt, oci, probe, protocol
+from slmops.fleet.agent_config import AgentConfig
 from slmops.fleet.protocol import ActiveModel, DesiredState, ReportedState, Telemetry
 from slmops.models.store import ModelStore
 from slmops.serve.app import create_app
@@ -41,42 +40,6 @@ from slmops.serve.runner import BackgroundServer
 
 log = logging.getLogger("slmops.agent")
 STATE_FILE = "agent.json"
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    device_id: str
-    fleet: str
-    broker: mqtt.Broker
-    labels: dict[str, str] = field(default_factory=dict)
-    home: Path | None = None
-    host: str = "127.0.0.1"
-    port: int = 8000
-    trust: Path | None = None
-    keep: int = 2
-    report_interval: float = 30.0
-    share_logs: bool = False
-    min_free_bytes: int = 0
-    download_rate_limit: int | None = None  # bytes/s, for metered links
-    plain_http: bool = False
-    registry_credentials: oci.Credentials | None = None
-    probe_max_tokens: int = 16
-    threads: int | None = None
-    retry_min_s: float = 0.5
-    retry_max_s: float = 30.0
-
-    def __post_init__(self) -> None:
-        protocol.check_name("fleet", self.fleet)
-        protocol.check_name("device", self.device_id)
-        problems = [
-            f"{name} must be >= {low}"
-            for name, low in (("keep", 0), ("report_interval", 0.05), ("min_free_bytes", 0), ("port", 0))
-            if getattr(self, name) < low
-        ]
-        if self.download_rate_limit is not None and self.download_rate_limit < 1024:
-            problems.append("download_rate_limit must be >= 1024 bytes/s")
-        if problems:
-            raise SlmopsError("Invalid agent settings: " + "; ".join(problems) + ".")
 
 
 class _Window:

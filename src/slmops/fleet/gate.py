@@ -18,6 +18,7 @@ from typing import Any
 
 from slmops.checks import evaluate_check, parse_check
 from slmops.errors import SlmopsError
+from slmops.fleet.protocol import Telemetry
 
 METRICS = ("error_rate", "p50_ms", "p95_ms", "ttft_ms", "tokens_per_second", "memory_mb", "probe_score", "requests")
 _IDENT = re.compile(r"(?<![\w.])([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)")
@@ -64,29 +65,7 @@ def gate_names(expr: str) -> list[str]:
 
 
 # -- aggregation ---------------------------------------------------------------------------
-@dataclass
-class Window:
-    """One telemetry window (the fields of :class:`slmops.fleet.protocol.Telemetry` we use)."""
-
-    device_id: str
-    digest: str | None
-    sent_at: float
-    requests: int = 0
-    errors: int = 0
-    p50_ms: float | None = None
-    p95_ms: float | None = None
-    ttft_ms: float | None = None
-    tokens_per_second: float | None = None
-    memory_mb: float | None = None
-    probe_score: float | None = None
-
-    @classmethod
-    def of(cls, t: Any) -> Window:
-        return cls(t.device_id, t.digest, t.sent_at, t.requests, t.errors, t.p50_ms, t.p95_ms, t.ttft_ms,
-                   t.tokens_per_second, t.memory_mb, t.probe_score)
-
-
-def aggregate(windows: Iterable[Window]) -> dict[str, Any]:
+def aggregate(windows: Iterable[Telemetry]) -> dict[str, Any]:
     """One group's numbers over its windows: request sums, request-weighted latencies (plain
     mean where no window had requests), means of throughput, memory and probe score, and how
     many devices and windows contributed."""

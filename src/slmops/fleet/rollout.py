@@ -30,8 +30,8 @@ from typing import Any, Protocol
 
 from slmops.errors import SlmopsError
 from slmops.fleet import mqtt
-from slmops.fleet.gate import GateResult, Window, aggregate, evaluate_gate, gate_names
-from slmops.fleet.protocol import DesiredState
+from slmops.fleet.gate import GateResult, aggregate, evaluate_gate, gate_names
+from slmops.fleet.protocol import DesiredState, Telemetry
 from slmops.fleet.rollstore import RolloutRecord, RolloutStore, Target, new_id
 from slmops.fleet.view import DeviceView
 from slmops.fleet.waves import (
@@ -53,7 +53,7 @@ class FleetIO(Protocol):
 
     def devices(self) -> dict[str, DeviceView]: ...
 
-    def windows_since(self, since: float) -> list[Window]: ...
+    def windows_since(self, since: float) -> list[Telemetry]: ...
 
     def publish_desired(self, states: dict[str, DesiredState | None]) -> None: ...
 
@@ -295,10 +295,10 @@ class Controller:
         else:
             rec.wave, rec.phase, rec.phase_started_at, rec.bake_started_at = rec.wave + 1, "assign", now, None
 
-    def _per_label(self, rec: RolloutRecord, wave_ws: list[Window], base_ws: list[Window],
+    def _per_label(self, rec: RolloutRecord, wave_ws: list[Telemetry], base_ws: list[Telemetry],
                    base_agg: dict[str, Any] | None) -> list[GateResult]:
-        groups: dict[tuple[str, str], list[Window]] = defaultdict(list)
-        base_groups: dict[tuple[str, str], list[Window]] = defaultdict(list)
+        groups: dict[tuple[str, str], list[Telemetry]] = defaultdict(list)
+        base_groups: dict[tuple[str, str], list[Telemetry]] = defaultdict(list)
         for w in wave_ws:
             for kv in rec.labels.get(w.device_id, {}).items():
                 groups[kv].append(w)

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from slmops.errors import SlmopsError
 from slmops.models.store import default_home
+from slmops.processes import pid_alive
 
 Status = Literal["running", "paused", "succeeded", "failed", "aborted", "rolling_back", "rolled_back"]
 Phase = Literal["assign", "activate", "bake", "done"]
@@ -114,21 +115,6 @@ def new_id() -> str:
     return time.strftime("ro-%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie child (killed, not yet reaped) is dead for our purpose
-    with contextlib.suppress(OSError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
-            return False
-    return True
-
-
 class LeaseHeld(SlmopsError):
     """Another live controller drives this fleet."""
 
@@ -214,7 +200,7 @@ class RolloutStore:
             return None
         if lease.get("expires_at", 0) < time.time():
             return None
-        if lease.get("host") == socket.gethostname() and not _pid_alive(int(lease.get("pid", 0))):
+        if lease.get("host") == socket.gethostname() and not pid_alive(int(lease.get("pid", 0))):
             return None
         return lease
 

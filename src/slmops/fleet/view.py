@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from slmops.fleet import mqtt, protocol
-from slmops.fleet.gate import Window
 from slmops.fleet.protocol import DesiredState, ReportedState, Telemetry
 
 
@@ -44,7 +43,7 @@ class FleetView:
         self.fleet = protocol.check_name("fleet", fleet)
         self._lock = threading.Lock()
         self._devices: dict[str, DeviceView] = {}
-        self._windows: deque[Window] = deque(maxlen=keep_windows)
+        self._windows: deque[Telemetry] = deque(maxlen=keep_windows)
         self._subscribed = threading.Event()
         self._last_msg = time.monotonic()
         self.malformed = 0
@@ -120,9 +119,7 @@ class FleetView:
                     t = protocol.parse(Telemetry, topic, payload)
                     dv = self._device(device_id)
                     dv.last_telemetry, dv.last_seen = t, now
-                    w = Window.of(t)
-                    w.sent_at = now  # the controller's clock, not the device's
-                    self._windows.append(w)
+                    self._windows.append(t.model_copy(update={"sent_at": now}))  # the controller's clock
         except protocol.ProtocolError:
             self.malformed += 1
 
@@ -133,7 +130,7 @@ class FleetView:
             return {d: DeviceView(v.device_id, v.state, v.desired, v.online, v.last_seen, v.last_telemetry)
                     for d, v in self._devices.items() if v.state is not None}
 
-    def windows_since(self, since: float) -> list[Window]:
+    def windows_since(self, since: float) -> list[Telemetry]:
         with self._lock:
             return [w for w in self._windows if w.sent_at >= since]
 

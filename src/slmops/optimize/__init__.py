@@ -3,8 +3,8 @@ and measure what each conversion cost.
 
 Example::
 
-    from slmops.optimize import optimize
-    result = optimize("smollm2-135m-instruct", to="onnx", precision="int4", max_ppl_increase=10)
+    from slmops.optimize import OptimizeConfig, optimize
+    result = optimize(OptimizeConfig("smollm2-135m-instruct", to="onnx", precision="int4", max_ppl_increase=10))
     result.record.ref, result.quality.size_reduction_pct, result.quality.perplexity_increase_pct
 """
 

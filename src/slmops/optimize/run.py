@@ -40,6 +40,7 @@ class OptimizeConfig(CommandConfig):
     what: ClassVar[str] = "optimize options"
     example: ClassVar[str] = "`slmops optimize --help` lists them."
 
+    ref: str = Field(description="Source model or adapter: name, name:version, name@alias or a path.")
     to: str | None = Field(None, description="Target format: onnx (ONNX Runtime GenAI) or gguf.")
     merge: bool = Field(False, description="Merge a PEFT adapter into its base model.")
     precision: str | None = Field(None, description="ONNX weights: fp32, fp16 (cuda), int8 or int4 (default).")
@@ -143,9 +144,7 @@ class OptimizeResult:
 def _check(config: OptimizeConfig, source_format: str | None = None) -> None:
     problems = config.problems(source_format)
     if problems:
-        raise SlmopsError(
-            "Invalid optimize options: " + "; ".join(problems) + ".", "`slmops optimize --help` lists them."
-        )
+        raise config._error(problems)
 
 
 def default_output(source: ResolvedModel, config: OptimizeConfig) -> str:
@@ -247,16 +246,15 @@ def _convert(
 
 
 def optimize(
-    ref: str, *, store: ModelStore | None = None, progress: Progress | None = None, **options: Any
+    config: OptimizeConfig, *, store: ModelStore | None = None, progress: Progress | None = None
 ) -> OptimizeResult:
-    """Optimize ``ref`` (see :class:`OptimizeConfig` for ``options``) and register the result."""
+    """Optimize ``config.ref`` as ``config`` says and register the result."""
     say = progress or (lambda _msg: None)
-    config = OptimizeConfig(**options)
     _check(config)
     text, text_label = quality.read_text(config.ppl_text)
     explicit = task_check.explicit(config.eval_data, config.eval_task) if config.eval_data else None
     store = store or ModelStore()
-    source = resolve(ref, store, progress=progress)
+    source = resolve(config.ref, store, progress=progress)
     _check(config, source.format)
     check = explicit or (None if config.no_task_check else task_check.from_lineage(source.record, store))
     name = config.output or default_output(source, config)
@@ -318,7 +316,7 @@ def optimize(
 
 
 def _json_options(config: OptimizeConfig) -> dict[str, Any]:
-    data = config.model_dump()
+    data = config.model_dump(exclude={"ref"})  # the recipe names the resolved source itself
     data["precision"] = config.effective_precision if config.to == "onnx" else None
     data["quant"] = config.effective_quant if config.to == "gguf" else None
     data["algorithm"] = (

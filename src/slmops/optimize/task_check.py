@@ -137,13 +137,11 @@ def measure(
     check: TaskCheck, source_ref: str, result_path: Path, store: ModelStore, say: Callable[[str], None]
 ) -> TaskDelta:
     """Score ``source_ref`` and the converted model at ``result_path`` on ``check``'s test set."""
-    from slmops.evaluate import evaluate
+    from slmops.evaluate import EvalConfig, evaluate
 
     say(f"measuring {check.task} on {check.data} ({check.origin}): source, then result")
-    report = evaluate(
-        [source_ref, str(result_path)], check.data, check.task, store=store, progress=say,
-        record=False, latency_samples=0,
-    )
+    config = EvalConfig((source_ref, str(result_path)), check.data, check.task, record=False, latency_samples=0)
+    report = evaluate(config, store=store, progress=say)
     src, res = report.models
     metric = report.primary_metric
     errors = [f"{label}: {m.error}" for label, m in (("source", src), ("result", res)) if not m.ok]

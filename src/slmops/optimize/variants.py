@@ -44,14 +44,14 @@ def fast_variant(ref: str, store: ModelStore, *, precision: str = "auto", progre
     from slmops.optimize import optimize
     from slmops.optimize.run import OptimizeConfig, default_output
 
-    options = {"to": "onnx", "precision": "int4"}
-    name = default_output(resolve(ref, store, progress=progress), OptimizeConfig(**options))
+    config = OptimizeConfig(ref, to="onnx", precision="int4")
+    name = default_output(resolve(ref, store, progress=progress), config)
     found = store.find(name)
     if found is None:
         if progress:
             progress(f"building the int4 variant of {ref} once ({name}); --precision fp32 runs the original")
         try:
-            found = optimize(ref, store=store, **options).record
+            found = optimize(config, store=store).record
         except SlmopsError as exc:
             if precision == "int4":
                 raise

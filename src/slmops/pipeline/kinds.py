@@ -146,7 +146,7 @@ def check_optimize(s: dict[str, Any]) -> Problems:
     from slmops.optimize.run import OptimizeConfig
 
     out: Problems = [] if isinstance(s.get("model"), str) else [(("model",), "the model to optimize is required")]
-    return out + pydantic_problems(OptimizeConfig, {k: v for k, v in s.items() if k != "model"})
+    return out + pydantic_problems(OptimizeConfig, {k: v for k, v in s.items() if k != "model"}, {"ref": "m"})
 
 
 def check_evaluate(s: dict[str, Any]) -> Problems:
@@ -227,7 +227,7 @@ def prune_schema() -> dict[str, Any]:
 def optimize_schema() -> dict[str, Any]:
     from slmops.optimize.run import OptimizeConfig
 
-    return _without(_schema_of(OptimizeConfig), extra=_MODEL_KEY, required=("model",))
+    return _without(_schema_of(OptimizeConfig), "ref", extra=_MODEL_KEY, required=("model",))
 
 
 def evaluate_schema() -> dict[str, Any]:

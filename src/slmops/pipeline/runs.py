@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,16 +10,7 @@ from slmops.errors import SlmopsError
 from slmops.models.store import ModelStore
 from slmops.pipeline.cache import pipelines_dir
 from slmops.pipeline.state import PipelineRun
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+from slmops.processes import pid_alive
 
 
 def _read(path: Any) -> PipelineRun | None:
@@ -28,7 +18,7 @@ def _read(path: Any) -> PipelineRun | None:
         run = PipelineRun.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError, KeyError):
         return None
-    if run.status == "running" and not _alive(run.pid):
+    if run.status == "running" and not pid_alive(run.pid):
         run.status = "interrupted"  # killed: `slmops run` again resumes from the step it was in
     return run
 

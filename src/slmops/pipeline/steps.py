@@ -158,11 +158,11 @@ def run_prune(settings: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
 
 
 def run_optimize(settings: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
-    from slmops.optimize.run import optimize
+    from slmops.optimize.run import OptimizeConfig, optimize
 
     options = {k: v for k, v in settings.items() if k != "model"}
-    options.setdefault("output", ctx.default_output())
-    r = optimize(settings["model"], store=ctx.store, progress=ctx.observer.message, **options)
+    config = OptimizeConfig(ref=settings["model"], **{"output": ctx.default_output(), **options})
+    r = optimize(config, store=ctx.store, progress=ctx.observer.message)
     q = r.quality.to_dict()
     return {"model": r.record.ref, "size_mb": round(r.record.size_bytes / 2**20, 1), "flagged": r.flagged,
             **{k: q[k] for k in ("size_reduction_pct", "perplexity_increase_pct", "source_perplexity", "perplexity")
@@ -170,13 +170,14 @@ def run_optimize(settings: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
 
 
 def run_evaluate(settings: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
-    from slmops.evaluate.run import evaluate
+    from slmops.evaluate.run import EvalConfig, evaluate
 
     core = EvaluateSettings(**{k: settings[k] for k in ("models", "data", "task")})
     options = {k: v for k, v in settings.items() if k not in ("models", "data", "task")}
-    labels, refs = list(core.models), list(core.models.values())
-    report = evaluate(refs, core.data, core.task, store=ctx.store, progress=ctx.observer.message,
-                      report_dir=ctx.work_dir / "report", **options)
+    labels = list(core.models)
+    config = EvalConfig(refs=tuple(core.models.values()), data=core.data, task=core.task,
+                        report_dir=str(ctx.work_dir / "report"), **options)
+    report = evaluate(config, store=ctx.store, progress=ctx.observer.message)
     failed = [f"{label} ({m.ref}): {m.error}" for label, m in zip(labels, report.models, strict=True) if not m.ok]
     if failed:
         raise SlmopsError(f"Step {ctx.step}: evaluation failed for " + "; ".join(failed) + ".",
