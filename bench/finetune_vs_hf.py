@@ -77,7 +77,7 @@ def side_ours(a: argparse.Namespace, method: str) -> dict[str, Any]:
     from slmops.models.store import ModelStore
     from slmops.train import make_config, run
 
-    res = run(make_config(settings(a, a.work, method)), ModelStore(a.work / "home"))
+    res = run(make_config(settings(a, a.work, method)), store=ModelStore(a.work / "home"))
     return dict(tokens=res.tokens, seconds=res.seconds, tokens_per_second=res.tokens_per_second,
                 eval_loss=res.eval_loss, train_loss=res.train_loss, weight_bytes=res.weight_bytes)  # fmt: skip
 

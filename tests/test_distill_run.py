@@ -35,7 +35,7 @@ def teacher_store(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
     data = write_rows(home / "teach.jsonl", rows)
     config = load_config(None, {"model": str(tiny_model_dir), "data": [data], "output": "teacher", "method": "full",
                                 "max_steps": 60, "lr": 5e-3, "batch_size": 4, "packing": False})
-    run(config, store)
+    run(config, store=store)
     return store
 
 

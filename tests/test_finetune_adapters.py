@@ -35,8 +35,8 @@ def requests(adapter: str | None) -> list[GenerationRequest]:
 def two_adapters(store, base, tmp_path) -> tuple[str, str]:
     plain = write(tmp_path / "plain.jsonl", ROWS)
     swapped = write(tmp_path / "sw.jsonl", [{**r, "answer": SWAPPED[r["answer"]]} for r in ROWS])
-    en = run(config(plain, output="en", method="lora"), store).record
-    it = run(config(swapped, output="sw", method="lora"), store).record
+    en = run(config(plain, output="en", method="lora"), store=store).record
+    it = run(config(swapped, output="sw", method="lora"), store=store).record
     return en.ref, it.ref
 
 
@@ -61,7 +61,8 @@ def test_one_base_serves_each_request_with_its_own_adapter(store, base, two_adap
 def test_adapter_choice_errors_are_clear(store, base, base_dir, tmp_path):
     from slmops.models.artifacts import import_model
 
-    ad = run(config(write(tmp_path / "qa.jsonl", ROWS), output="qa", method="lora", max_steps=1), store).record.ref
+    cfg = config(write(tmp_path / "qa.jsonl", ROWS), output="qa", method="lora", max_steps=1)
+    ad = run(cfg, store=store).record.ref
     with open_engine_with_adapters(None, [ad], store) as engine:  # the base comes from the adapter's record
         assert list(engine.adapters) == [ad] and len(engine.generate(requests(ad)[:1])) == 1
         with pytest.raises(EngineError, match=f"Unknown adapter 'fr'.*holds: {ad}"):

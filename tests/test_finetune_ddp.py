@@ -38,7 +38,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(store, base, da
     assert steps == [1, 2, 3, 4, 5, 6]  # one writer
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-000003", "step-000006"]
 
-    single = run(config(data, output="one", batch_size=4, **SETTINGS), store)
+    single = run(config(data, output="one", batch_size=4, **SETTINGS), store=store)
     assert losses(run_dir) == pytest.approx(losses(single.run_dir), rel=1e-4)
     assert losses(run_dir, "eval_loss") == pytest.approx(losses(single.run_dir, "eval_loss"), rel=1e-4)
     assert out["tokens"] == single.tokens and out["eval_loss"] == pytest.approx(single.eval_loss, rel=1e-4)

@@ -62,7 +62,7 @@ def test_kd_alone_moves_the_student_towards_the_teacher(store, base, base_dir, t
     batch = fixed_batch(base_dir, data)
     teacher_out = answer_logits(load_causal_lm(teacher_dir)[0], batch)
     before = kl(teacher_out, answer_logits(load_causal_lm(base_dir)[0], batch))
-    res = run(config(data, method="full", lr=3e-3, teacher=teacher, kd_weight=1.0, max_steps=25), store)
+    res = run(config(data, method="full", lr=3e-3, teacher=teacher, kd_weight=1.0, max_steps=25), store=store)
     student = load_causal_lm(res.record.path)[0]
     after = kl(teacher_out, answer_logits(student, batch))
     assert after < before / 3
@@ -110,14 +110,14 @@ def test_first_step_loss_is_the_hand_computed_mix(store, base, base_dir, teacher
                                 kd_weight=weight, kd_top_k=top_k)).kd  # fmt: skip
     assert float(kd_loss_sum(student_m, teacher_m, batch, settings).detach()) == pytest.approx(want, rel=1e-4)
     res = run(config(data, method="full", teacher=teacher, kd_loss=loss, kd_temperature=temperature, kd_weight=weight,
-                     kd_top_k=top_k, max_steps=1), store)  # fmt: skip
+                     kd_top_k=top_k, max_steps=1), store=store)  # fmt: skip
     assert losses(res.run_dir)[0] == pytest.approx(want / len(targets), rel=1e-4)  # one batch holds every example
 
 
 def test_evaluation_stays_cross_entropy(store, base, teacher, data):
     values = dict(eval_data=str(data), max_steps=1, lr=1e-9)  # weights barely move: both evaluate the base
-    with_kd = run(config(data, teacher=teacher, kd_weight=1.0, output="a", **values), store)
-    no_kd = run(config(data, output="b", **values), store)
+    with_kd = run(config(data, teacher=teacher, kd_weight=1.0, output="a", **values), store=store)
+    no_kd = run(config(data, output="b", **values), store=store)
     assert with_kd.eval_loss == pytest.approx(no_kd.eval_loss, rel=1e-5)
     assert with_kd.perplexity == pytest.approx(math.exp(with_kd.eval_loss))
 
@@ -128,11 +128,11 @@ def test_bad_teachers_are_refused_before_training(store, base, data, tmp_path, t
     import_model(store, other, "other")
     with pytest.raises(SlmopsError, match=r"teacher other:1 and the student tiny:1 do not share a tokenizer \(the "
                                           r"teacher has 300 tokens, the student 400\).*same model family"):  # fmt: skip
-        run(config(data, teacher="other"), store)
+        run(config(data, teacher="other"), store=store)
     with pytest.raises(SlmopsError, match="remote endpoint.*distill generate --teacher URL"):
-        run(config(data, teacher="http://127.0.0.1:9/v1#big"), store)
+        run(config(data, teacher="http://127.0.0.1:9/v1#big"), store=store)
     with pytest.raises(SlmopsError, match="nobody"):
-        run(config(data, teacher="nobody"), store)
+        run(config(data, teacher="nobody"), store=store)
     with pytest.raises(SlmopsError, match="--kd-loss, --kd-weight only apply with a --teacher"):
         config(data, kd_loss="jsd", kd_weight=0.9)
     assert not (store.home / "runs" / "finetune-qa" / "config.json").exists()
@@ -151,11 +151,11 @@ def test_resume_with_kd_gives_the_same_losses(store, base, teacher, data):
             raise Stop
 
     with pytest.raises(Stop):
-        run(config(data, output="cut", **values), store, progress=stop_at_4)
+        run(config(data, output="cut", **values), store=store, progress=stop_at_4)
     with pytest.raises(SlmopsError, match="differ from the interrupted run: kd_weight, teacher"):
-        run(config(data, output="cut", resume=True, **{**values, "kd_weight": 0.9, "teacher": base}), store)
-    resumed = run(config(data, output="cut", resume=True, **values), store)
-    straight = run(config(data, output="straight", **values), store)
+        run(config(data, output="cut", resume=True, **{**values, "kd_weight": 0.9, "teacher": base}), store=store)
+    resumed = run(config(data, output="cut", resume=True, **values), store=store)
+    straight = run(config(data, output="straight", **values), store=store)
     assert resumed.resumed_from == 4
     assert losses(resumed.run_dir) == pytest.approx(losses(straight.run_dir), rel=1e-5)
     assert losses(resumed.run_dir, "eval_loss") == pytest.approx(losses(straight.run_dir, "eval_loss"), rel=1e-5)

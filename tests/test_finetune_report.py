@@ -22,8 +22,8 @@ def test_tensorboard_and_mlflow_observe_without_steering(store, base, data, home
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
-    plain = run(config(data, output="plain", **SETTINGS), store)
-    tracked = run(config(data, output="tracked", report_to="mlflow,tensorboard", **SETTINGS), store)
+    plain = run(config(data, output="plain", **SETTINGS), store=store)
+    tracked = run(config(data, output="tracked", report_to="mlflow,tensorboard", **SETTINGS), store=store)
     assert losses(tracked.run_dir) == losses(plain.run_dir)
     assert tracked.record.recipe["config"]["report_to"] == ["mlflow", "tensorboard"]
 
@@ -45,7 +45,7 @@ def test_tensorboard_and_mlflow_observe_without_steering(store, base, data, home
 def test_a_missing_tracker_is_a_clean_error_before_any_work(store, base, data, monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow -> ImportError
     with pytest.raises(SlmopsError, match="--report-to mlflow needs a package.*pip install mlflow"):
-        run(config(data, report_to=["mlflow"]), store)
+        run(config(data, report_to=["mlflow"]), store=store)
     assert not (store.home / "runs" / "finetune-qa").exists()
     with pytest.raises(SlmopsError, match="--report-to: Input should be 'mlflow' or 'tensorboard'"):
         make_config({"model": "m", "data": "d.jsonl", "output": "o", "report_to": "mlflow,wandb"})

@@ -57,7 +57,7 @@ def test_weak_trials_are_pruned_at_an_evaluation(store, base, data):
     space = data.parent / "space.yaml"
     space.write_text("lr: {type: float, low: 1.0e-8, high: 0.1, log: true}\n")
     cfg = config(data, max_steps=8, eval_split=0.34, eval_interval=2, batch_size=4, search=str(space), trials=3)
-    res = search(cfg, store, study=study)
+    res = search(cfg, store=store, study=study)
     assert [t.state for t in res.trials] == ["complete", "complete", "pruned"]
     assert res.trials[2].steps == 2 < res.trials[0].steps == 8
     assert res.best_trial in (0, 1) and len(store.versions("qa")) == 1
@@ -75,7 +75,7 @@ def test_space_problems_are_reported_together_before_training(store, base, data)
         "method: {type: choice, choices: []}\n"
     )
     with pytest.raises(SlmopsError) as err:
-        search(config(data, eval_split=0.34, search=str(space), trials=2), store)
+        search(config(data, eval_split=0.34, search=str(space), trials=2), store=store)
     msg = str(err.value)
     assert f"The search space {space} has 8 problem(s)" in msg
     expected = ["lr: a log scale needs low > 0", "lora_r: unknown key 'hihg' (did you mean 'high'?)",

@@ -78,7 +78,7 @@ def answer(store, ref: str, question: str) -> str:
 
 @pytest.mark.parametrize(("method", "lr"), [("full", 3e-3), ("lora", 1e-2)])
 def test_memorises_and_registers_with_lineage(store, base, data, method, lr):
-    res = run(config(data, method=method, lr=lr), store)
+    res = run(config(data, method=method, lr=lr), store=store)
     log = losses(res.run_dir)
     assert len(log) == res.steps == 40
     assert log[-1] < log[0] / 2.5
@@ -98,8 +98,8 @@ def test_memorises_and_registers_with_lineage(store, base, data, method, lr):
 
 def test_qlora_trains_on_a_4bit_base(store, base, data):
     pytest.importorskip("bitsandbytes")
-    lora = run(config(data, method="lora", output="lora", max_steps=3), store)
-    res = run(config(data, method="qlora", max_steps=30), store)
+    lora = run(config(data, method="lora", output="lora", max_steps=3), store=store)
+    res = run(config(data, method="qlora", max_steps=30), store=store)
     log = losses(res.run_dir)
     assert log[-1] < log[0] / 2
     assert res.weight_bytes < 0.6 * lora.weight_bytes
@@ -146,11 +146,11 @@ def test_resume_after_sigkill_ends_like_an_uninterrupted_run(store, base, data, 
     assert store.find("killed") is None
 
     with pytest.raises(SlmopsError, match="unfinished run"):
-        run(make_config({**values, "output": "killed"}), store)
+        run(make_config({**values, "output": "killed"}), store=store)
     with pytest.raises(SlmopsError, match="differ from the interrupted run: lr"):
-        run(make_config({**values, "output": "killed", "resume": True, "lr": 0.5}), store)
-    resumed = run(make_config({**values, "output": "killed", "resume": True}), store)
-    straight = run(make_config({**values, "output": "straight"}), store)
+        run(make_config({**values, "output": "killed", "resume": True, "lr": 0.5}), store=store)
+    resumed = run(make_config({**values, "output": "killed", "resume": True}), store=store)
+    straight = run(make_config({**values, "output": "straight"}), store=store)
     assert resumed.resumed_from == 10 and straight.resumed_from == 0
     assert [json.loads(x)["step"] for x in (resumed.run_dir / "metrics.jsonl").read_text().splitlines()] == [
         json.loads(x)["step"] for x in (straight.run_dir / "metrics.jsonl").read_text().splitlines()
@@ -160,7 +160,7 @@ def test_resume_after_sigkill_ends_like_an_uninterrupted_run(store, base, data, 
     assert resumed.eval_loss == pytest.approx(straight.eval_loss, rel=1e-4)
     assert len(list((resumed.run_dir / "checkpoints").iterdir())) == 2  # rotated to the last two
     with pytest.raises(SlmopsError, match="nothing to resume"):
-        run(make_config({**values, "output": "killed", "resume": True}), store)
+        run(make_config({**values, "output": "killed", "resume": True}), store=store)
 
 
 def test_early_stopping_registers_the_best_checkpoint(store, base, data, tmp_path):
@@ -171,7 +171,8 @@ def test_early_stopping_registers_the_best_checkpoint(store, base, data, tmp_pat
 
     contrary = tmp_path / "eval.jsonl"  # same questions, other answers: eval loss rises as training memorises
     contrary.write_text("".join(json.dumps({**r, "answer": "Nobody knows that."}) + "\n" for r in ROWS))
-    res = run(config(data, method="lora", eval_data=str(contrary), eval_interval=2, patience=2, max_steps=60), store)
+    cfg = config(data, method="lora", eval_data=str(contrary), eval_interval=2, patience=2, max_steps=60)
+    res = run(cfg, store=store)
     evals = losses(res.run_dir, "eval_loss")
     assert res.stopped_early and res.steps < 60
     assert res.eval_loss == pytest.approx(min(evals)) and res.best_step < res.steps
@@ -183,17 +184,17 @@ def test_early_stopping_registers_the_best_checkpoint(store, base, data, tmp_pat
 
 def test_validation_happens_before_any_training(store, base, data, tiny_model_dir):
     with pytest.raises(SlmopsError, match="needs its base model in the store"):
-        run(config(data, model=str(tiny_model_dir)), store)
+        run(config(data, model=str(tiny_model_dir)), store=store)
     with pytest.raises(SlmopsError, match="line 1: template field 'query' is missing"):
-        run(config(data, text_template="{query} => {answer}"), store)
+        run(config(data, text_template="{query} => {answer}"), store=store)
     assert not (store.home / "runs" / "finetune-qa" / "config.json").exists()
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_gradient_checkpointing_gives_the_same_losses(store, base, data, method):
     kw = dict(method=method, lr=3e-3 if method == "full" else 1e-2, max_steps=3, batch_size=3, lora_dropout=0.0)
-    plain = run(config(data, output="plain", **kw), store)
-    ckpt = run(config(data, output="ckpt", gradient_checkpointing=True, **kw), store)
+    plain = run(config(data, output="plain", **kw), store=store)
+    ckpt = run(config(data, output="ckpt", gradient_checkpointing=True, **kw), store=store)
     assert ckpt.record.recipe["config"]["gradient_checkpointing"] is True
     assert losses(ckpt.run_dir) == pytest.approx(losses(plain.run_dir), rel=1e-4)
     assert losses(plain.run_dir)[-1] < losses(plain.run_dir)[0]  # the steps did train

@@ -89,7 +89,7 @@ def generate(
     options = {k: v for k, v in locals().items() if k in GenerateConfig.model_fields}
     config = make_generate_config(**options)
     with GenerateBar(enabled=not as_json) as bar:
-        result = run_generate(config, open_store(), progress=bar.update)
+        result = run_generate(config, store=open_store(), progress=bar.update)
     if as_json:
         print_json(result.to_dict())
         return

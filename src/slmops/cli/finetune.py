@@ -94,7 +94,7 @@ def finetune(
     main = int(os.environ.get("RANK", "0") or 0) == 0  # under torchrun only rank 0 prints
     with TrainBar(enabled=not as_json and main) as bar:
         recipe = recipes.search if cfg.search else recipes.run
-        outcome = recipe(cfg, open_store(), progress=bar.update)
+        outcome = recipe(cfg, store=open_store(), progress=bar.update)
     if not main:
         return
     if as_json:

@@ -93,7 +93,7 @@ Progress = Callable[[GenerateEvent], None]
 
 
 def run_generate(
-    config: GenerateConfig, store: ModelStore | None = None, progress: Progress | None = None,
+    config: GenerateConfig, *, store: ModelStore | None = None, progress: Progress | None = None,
     engine: Engine | None = None,
 ) -> GenerateResult:
     """Generate (or resume) the synthetic data of ``config``; ``engine`` replaces the teacher (tests)."""

@@ -55,7 +55,7 @@ def generate_then_train(
     """Stage 1, check, stage 2; ``train_options`` are FinetuneConfig fields (method, max_steps, ...)."""
     say(f"stage 1: {gen.teacher} answers {gen.data}")
     t0 = time.perf_counter()
-    g = run_generate(gen, store, on_generate)
+    g = run_generate(gen, store=store, progress=on_generate)
     t1 = time.perf_counter()
     accepted = g.counts.get("accepted", 0)
     if not accepted:

@@ -130,5 +130,5 @@ def run_train(
     if finetune.teacher:
         lineage["kd_teacher"] = finetune.teacher  # resolved, with the KD settings, in the recipe's "kd"
     (run_dir / "distill.json").write_text(json.dumps(lineage, indent=2) + "\n", encoding="utf-8")
-    result = finetune_run(finetune, store, progress, recipe={"distill": lineage})
+    result = finetune_run(finetune, store=store, progress=progress, recipe={"distill": lineage})
     return DistillTrainResult(result, result.record, train_file, lineage)

@@ -124,7 +124,7 @@ def run_finetune(settings: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     if values["resume"]:
         ctx.observer.message(f"resuming the interrupted training of {values['output']}")
     config = make_config(values, f"step {ctx.step}")
-    return _train_outputs(run(config, ctx.store, ctx.observer.train))
+    return _train_outputs(run(config, store=ctx.store, progress=ctx.observer.train))
 
 
 def run_distill(settings: dict[str, Any], ctx: StepContext) -> dict[str, Any]:

@@ -80,9 +80,9 @@ class FinetuneResult:
 
 def run(
     config: FinetuneConfig,
+    *,
     store: ModelStore | None = None,
     progress: Progress | None = None,
-    *,
     recipe: dict[str, Any] | None = None,
 ) -> FinetuneResult:
     """Train one configuration and register the result (rank 0 registers; every process returns it).

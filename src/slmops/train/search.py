@@ -57,7 +57,7 @@ class SearchResult:
 
 
 def search(
-    config: FinetuneConfig, store: ModelStore | None = None, progress: Progress | None = None, *, study: Any = None
+    config: FinetuneConfig, *, store: ModelStore | None = None, progress: Progress | None = None, study: Any = None
 ) -> SearchResult:
     """Run ``config.trials`` trials over the space in ``config.search`` and register the best.
     ``study`` may be your own Optuna study (persistent storage, enqueued trials, other pruner)."""
