@@ -36,15 +36,20 @@ DATA = "builtin:support-language-train"
 TARGET_RATIO = 5.0
 
 
-def run_side(engine: Any, batch: int, prompts: int, max_tokens: int, out_dir: Path) -> tuple[Any, list[str]]:
+def run_side(engine: Any, batch: int, prompts: int, max_tokens: int, out_dir: Path,
+             recipe: Path | None = None) -> tuple[Any, list[str], list[str | None]]:
+    """One ``run_generate`` pass: its result, the raw answers and the accepted labels (None when
+    a filter rejected the answer), both in input order."""
     from slmops.distill import make_generate_config, run_generate
 
+    name = f"batch{batch}{'-' + recipe.stem if recipe else ''}.jsonl"
     config = make_generate_config(teacher=TEACHER, data=DATA, task="classification", limit=prompts,
-                                  batch_size=batch, max_tokens=max_tokens, output=out_dir / f"batch{batch}.jsonl")
+                                  batch_size=batch, max_tokens=max_tokens, output=out_dir / name, recipe=recipe)
     result = run_generate(config, engine=engine)
     rows = [json.loads(x) for p in (result.output, result.rejected_file) if p.exists()
             for x in p.read_text(encoding="utf-8").splitlines()]
-    return result, [r["output"] for r in sorted(rows, key=lambda r: r["index"])]
+    rows.sort(key=lambda r: r["index"])
+    return result, [r["output"] for r in rows], [r.get("completion") if "reason" not in r else None for r in rows]
 
 
 def main() -> None:
@@ -53,7 +58,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=16, help="teacher answer budget (the classification default)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--old-order", action="store_true",
+                        help="also run the batched side with the label instruction after the ticket (the recipe's "
+                        "order before format_first): its acceptance, label agreement and prefix-cache hits")
     args = parser.parse_args()
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
     from slmops.engines import open_engine
     from slmops.models.store import ModelStore
@@ -65,11 +74,21 @@ def main() -> None:
     from slmops.engines.prefix_cache import PrefixCache
 
     cache = PrefixCache()
+    old: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory() as tmp, engine:
         engine.prefix_cache = None
-        single, single_out = run_side(engine, 1, args.prompts, args.max_tokens, Path(tmp))
+        single, single_out, _ = run_side(engine, 1, args.prompts, args.max_tokens, Path(tmp))
         engine.prefix_cache = cache
-        batched, batched_out = run_side(engine, args.batch, args.prompts, args.max_tokens, Path(tmp))
+        batched, batched_out, labels = run_side(engine, args.batch, args.prompts, args.max_tokens, Path(tmp))
+        if args.old_order:
+            recipe = Path(tmp) / "after.yaml"
+            recipe.write_text("format_first: false\n", encoding="utf-8")
+            old_cache = engine.prefix_cache = PrefixCache()
+            old_run, _, old_labels = run_side(engine, args.batch, args.prompts, args.max_tokens, Path(tmp), recipe)
+            agree = sum(a == b for a, b in zip(labels, old_labels, strict=True))
+            old = {"accepted": old_run.counts.get("accepted", 0), "tokens_per_second":
+                   round(old_run.tokens_per_second, 2), "seconds": round(old_run.seconds, 2),
+                   "agreeing_labels": agree, "prefix_cache": old_cache.stats.as_dict()}
     hits = cache.stats
     ratio = batched.tokens_per_second / single.tokens_per_second if single.tokens_per_second else 0.0
     same = sum(a == b for a, b in zip(single_out, batched_out, strict=True))
@@ -80,6 +99,12 @@ def main() -> None:
     print(f"ratio {ratio:.2f}x (target {TARGET_RATIO}x: {'met' if ratio >= TARGET_RATIO else 'NOT met'}); "
           f"{same}/{len(single_out)} answers identical; teacher load {load_s:.1f} s; prefix cache hit rate "
           f"{hits.hit_rate:.0%} ({hits.hit_tokens} of {hits.lookup_tokens} prompt tokens not prefilled)")
+    if old is not None:
+        o = old["prefix_cache"]
+        print(f"old order (instruction after the ticket), batch {args.batch}: {old['accepted']}/{len(labels)} "
+              f"accepted (new order {batched.counts.get('accepted', 0)}), {old['agreeing_labels']}/{len(labels)} "
+              f"labels the same as the new order's, {old['tokens_per_second']:.1f} tok/s, {old['seconds']:.2f} s, "
+              f"{o['hit_tokens']} of {o['lookup_tokens']} prompt tokens not prefilled")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     print(json.dumps({
         "bench": "distill_generate", "teacher": TEACHER, "data": DATA, "prompts": args.prompts, "batch": args.batch,
@@ -87,7 +112,8 @@ def main() -> None:
         "batched_tokens_per_second": round(batched.tokens_per_second, 2), "ratio": round(ratio, 2),
         "target_ratio": TARGET_RATIO, "target_met": ratio >= TARGET_RATIO, "identical_answers": same,
         "single_seconds": round(single.seconds, 2), "batched_seconds": round(batched.seconds, 2),
-        "prefix_cache": hits.as_dict(), "cpus": os.cpu_count(), "load_avg_1m": load, "machine": platform.machine(),
+        "prefix_cache": hits.as_dict(), "old_order": old, "cpus": os.cpu_count(), "load_avg_start": load_start,
+        "load_avg_end": load, "machine": platform.machine(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }))
 
