@@ -135,9 +135,10 @@ def main() -> None:
             agree = sum(a[0] == b[0] for a, b in zip(labels, old_labels, strict=True))
             if timed is not None:
                 profile["old_order"] = {**timed.take(), "total": round(old_run.seconds, 3)}
-            old = {"accepted": old_run.counts.get("accepted", 0), "correct": correct(old_labels), "tokens_per_second":
-                   round(old_run.tokens_per_second, 2), "seconds": round(old_run.seconds, 2),
-                   "agreeing_labels": agree, "prefix_cache": old_cache.stats.as_dict()}
+            old = {"accepted": old_run.counts.get("accepted", 0), "counts": dict(old_run.counts),
+                   "correct": correct(old_labels), "tokens_per_second": round(old_run.tokens_per_second, 2),
+                   "seconds": round(old_run.seconds, 2), "agreeing_labels": agree,
+                   "prefix_cache": old_cache.stats.as_dict()}
     hits = cache.stats
     ratio = batched.tokens_per_second / single.tokens_per_second if single.tokens_per_second else 0.0
     same = sum(a == b for a, b in zip(single_out, batched_out, strict=True))
@@ -167,7 +168,7 @@ def main() -> None:
         "max_tokens": args.max_tokens, "single_tokens_per_second": round(single.tokens_per_second, 2),
         "batched_tokens_per_second": round(batched.tokens_per_second, 2), "ratio": round(ratio, 2),
         "target_ratio": TARGET_RATIO, "target_met": ratio >= TARGET_RATIO, "identical_answers": same,
-        "correct_labels": correct(labels), "profile": profile or None,
+        "correct_labels": correct(labels), "counts": dict(batched.counts), "profile": profile or None,
         "single_seconds": round(single.seconds, 2), "batched_seconds": round(batched.seconds, 2),
         "prefix_cache": hits.as_dict(), "old_order": old, "cpus": os.cpu_count(), "load_avg_start": load_start,
         "load_avg_end": load, "machine": platform.machine(),
