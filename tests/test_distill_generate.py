@@ -27,7 +27,8 @@ TICKETS = [
 
 
 class ScriptedTeacher(Engine):
-    """Answers with ``reply(question, k)``: the question is the last user turn's first line,
+    """Answers with ``reply(question, k)``: the question is the last user turn's first line after
+    the label instruction (which label tasks put first),
     ``k`` counts how often that question was asked before (or, ``by_seed``, is the request's
     seed, so a sample gets the same answer in any run). Records every batch it got."""
 
@@ -41,7 +42,10 @@ class ScriptedTeacher(Engine):
         self.batches.append(list(requests))
         out = []
         for r in requests:
-            question = [m.content for m in r.messages or () if m.role == "user"][-1].split("\n")[0]
+            turn = [m.content for m in r.messages or () if m.role == "user"][-1]
+            if turn.startswith(LABEL_INSTRUCTION.split("{")[0]):
+                turn = turn.split("\n\n", 1)[1]
+            question = turn.split("\n")[0]
             answer = self.reply(question, r.params.seed or 0 if self.by_seed else self.asked[question])
             self.asked[question] += 1
             text, finish = answer if isinstance(answer, tuple) else (answer, "stop")
@@ -85,11 +89,12 @@ def test_classification_prompts_few_shot_and_student_prompt(tmp_path: Path) -> N
     instruction = LABEL_INSTRUCTION.format(labels="billing, technical, account")
     assert first[0].role == "system" and first[0].content == DEFAULT_RECIPES["classification"].system
     # two few-shot turns with gold answers (one per label first), then the question
+    # the shared instruction and label set come before the ticket (a long common prefix to cache)
     assert [(m.role, m.content) for m in first[1:5]] == [
-        ("user", f"{TICKETS[0]['prompt']}\n\n{instruction}"), ("assistant", "billing"),
-        ("user", f"{TICKETS[1]['prompt']}\n\n{instruction}"), ("assistant", "technical"),
+        ("user", f"{instruction}\n\n{TICKETS[0]['prompt']}"), ("assistant", "billing"),
+        ("user", f"{instruction}\n\n{TICKETS[1]['prompt']}"), ("assistant", "technical"),
     ]
-    assert first[-1].content == f"{TICKETS[0]['prompt']}\n\n{instruction}"
+    assert first[-1].content == f"{instruction}\n\n{TICKETS[0]['prompt']}"
 
     accepted = lines(result.output)
     assert [(r["index"], r["completion"], r["output"]) for r in accepted] == [(0, "billing", "Billing."),
@@ -177,13 +182,30 @@ def test_recipe_file_overrides_the_prompt(tmp_path: Path) -> None:
     rows = [{**TICKETS[0], "lang": "en"}]
     teacher = ScriptedTeacher(lambda q, k: "billing")
     generate(tmp_path, rows, teacher, task="classification", labels=LABELS, recipe=recipe, system="Be terse.")
-    msgs = [(m.role, m.content.split("\n")[0]) for m in teacher.batches[0][0].messages]
+    msgs = [(m.role, m.content.split("\n")[-1]) for m in teacher.batches[0][0].messages]
     assert msgs == [("system", "Be terse."), ("user", "Ticket (): Refund please"), ("assistant", "billing"),
                     ("user", f"Ticket (en): {TICKETS[0]['prompt']}")]
     bad = tmp_path / "bad.yaml"
     bad.write_text("sytem: typo\n", encoding="utf-8")
     with pytest.raises(SlmopsError, match="Invalid recipe file .*sytem"):
         generate(tmp_path / "x", rows, teacher, task="classification", labels=LABELS, recipe=bad)
+
+
+def test_format_first_puts_the_shared_instruction_before_the_text(tmp_path: Path) -> None:
+    instruction = LABEL_INSTRUCTION.format(labels="billing, technical, account")
+    chat = {"messages": [{"role": "user", "content": "Refund please"}]}
+    teacher = ScriptedTeacher(lambda q, k: "billing")
+    generate(tmp_path / "a", [TICKETS[0], chat], teacher, task="classification", labels=LABELS)
+    assert [r.messages[-1].content for r in teacher.batches[0]] == [f"{instruction}\n\n{TICKETS[0]['prompt']}",
+                                                                    f"{instruction}\n\nRefund please"]
+    # two prompts share everything up to the ticket text
+    assert teacher.batches[0][0].messages[0] == teacher.batches[0][1].messages[0]
+    old = tmp_path / "after.yaml"
+    old.write_text("format_first: false\n", encoding="utf-8")
+    teacher = ScriptedTeacher(lambda q, k: "billing")
+    generate(tmp_path / "b", [TICKETS[0], chat], teacher, task="classification", labels=LABELS, recipe=old)
+    assert [r.messages[-1].content for r in teacher.batches[0]] == [f"{TICKETS[0]['prompt']}\n\n{instruction}",
+                                                                    f"Refund please\n\n{instruction}"]
 
 
 def test_conversation_records_keep_their_messages(tmp_path: Path) -> None:

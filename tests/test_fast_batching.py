@@ -216,6 +216,18 @@ def test_torch_prefix_cache_hits_give_the_same_tokens_as_misses(tiny_model_dir: 
     warm = [_view(eng.generate([r]))[0] for r in reqs]  # one at a time, all from the cache
     assert eng.prefix_cache.stats.hits - hits == 5
     assert together == cold and warm == cold
+    # the cache holds one chat's prompt; the other chats, arriving together, hit the same system
+    # prompt blocks and prefill their rests in one forward (left-padded after the prefix)
+    eng.prefix_cache.clear()
+    eng.generate([reqs[0]])
+    shapes: list[tuple[int, int]] = []
+    hook = eng.model.register_forward_pre_hook(
+        lambda m, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    assert _view(eng.generate(reqs[1:])) == cold[1:]
+    hook.remove()
+    prefills = [s for s in shapes if s[1] > 1]
+    assert len(prefills) == 2 and prefills[0][0] == 1  # the raw prompt's cold prefill, then
+    assert prefills[1][0] == len(reqs) - 2  # the 4 other chats' rests in one forward
     eng.prefix_cache = None  # switched off: the same again
     assert _view(eng.generate(reqs)) == cold
 

@@ -2,8 +2,10 @@
 
 A recipe is a system prompt, a user-turn ``template`` (``{input}`` is the record's text; other
 ``{field}`` placeholders come from the record), an ``answer_format`` appended after a blank line
-(``{labels}`` is the label set), a chain-of-thought format used instead with ``--cot`` (math), and
-optional few-shot ``examples``. Every task has a default; a YAML or JSON file (``--recipe``)
+(``{labels}`` is the label set), or put before the text with ``format_first`` (the label tasks'
+default: every prompt then opens with the same system prompt, instruction and label set, a long
+prefix the engine's prefix cache prefills once), a chain-of-thought format used instead with
+``--cot`` (math), and optional few-shot ``examples``. Every task has a default; a YAML or JSON file (``--recipe``)
 overrides any of its keys. The *student* is always asked the way ``slmops eval`` asks it (the
 evaluate module's task instruction), so training prompts and test prompts match.
 """
@@ -53,6 +55,8 @@ class Recipe(BaseModel):
     template: str = Field("{input}", description="User turn; {input} is the record's text, {field} a record field.")
     answer_format: str = Field("", description="Appended to the user turn; {labels} is the label set.")
     cot_format: str = Field("", description="Used instead of answer_format with --cot.")
+    format_first: bool = Field(False, description="Put the answer format before the user's text, not after it: "
+                               "prompts then share a longer prefix, which the prefix cache prefills once.")
     examples: list[Shot] = Field(default_factory=list, description="Fixed few-shot examples (beat --few-shot).")
 
 
@@ -60,11 +64,13 @@ DEFAULT_RECIPES: dict[str, Recipe] = {
     "classification": Recipe(
         system="You are an expert annotator. Read the user's text and assign it exactly one label.",
         answer_format=LABEL_INSTRUCTION,
+        format_first=True,
     ),
     "nli": Recipe(
         system="You are an expert in natural language inference: decide whether the hypothesis follows from the "
         "premise (entailment), contradicts it (contradiction), or neither (neutral).",
         answer_format=LABEL_INSTRUCTION,
+        format_first=True,
     ),
     "qa": Recipe(system="You answer questions accurately.", answer_format=TASKS["qa"].instruction),
     "conversation": Recipe(system="You are a helpful, accurate and concise assistant."),
@@ -169,7 +175,14 @@ class Prompter:
         except (KeyError, IndexError, ValueError) as exc:
             raise DataError(f"{where}: the recipe template {self.recipe.template!r} cannot be filled ({exc!r}).",
                             "Give every record the fields the template names, or change the template.") from exc
-        return f"{body}\n\n{self.answer_format}" if self.answer_format else body
+        return self.with_format(body)
+
+    def with_format(self, body: str) -> str:
+        """``body`` with the answer format after it, or before it (``format_first``: the shared
+        instruction and label set then come before the per-record text)."""
+        if not self.answer_format:
+            return body
+        return f"{self.answer_format}\n\n{body}" if self.recipe.format_first else f"{body}\n\n{self.answer_format}"
 
     def teacher_messages(self, item: EvalItem, rec: dict[str, Any], shots: Sequence[Shot]) -> list[dict[str, str]]:
         msgs = [{"role": "system", "content": self.recipe.system}] if self.recipe.system else []
@@ -181,8 +194,7 @@ class Prompter:
             if conv[-1]["role"] != "user":
                 raise DataError(f"{item.where}: the conversation must end with a user turn for the teacher to answer.",
                                 "Drop the trailing assistant turn.")
-            if self.answer_format:
-                conv[-1]["content"] += f"\n\n{self.answer_format}"
+            conv[-1]["content"] = self.with_format(conv[-1]["content"])
             if conv[0]["role"] == "system" and msgs and msgs[0]["role"] == "system":
                 msgs = msgs[1:]  # the record's own system prompt wins
             return msgs + conv

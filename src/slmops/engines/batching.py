@@ -265,18 +265,22 @@ class DecodeBatch:
     def _prefill(self, rows: list[_Row]) -> torch.Tensor:
         """Prefill newcomers and add them to the running rows; returns their next-token logits.
         Rows whose prompt opens with cached blocks (the engine's prefix cache) prefill only the
-        rest; newcomers that share a prefix prefill it once."""
+        rest; newcomers that share a prefix prefill it once, then their rests together."""
         cache = getattr(self.engine, "prefix_cache", None)
         starts: dict[int, tuple[int, Any]] = {}  # row index -> (cached tokens, their KV per layer)
         if cache is not None:
             starts = self._cached_prefixes(cache, rows)
         cold = [i for i in range(len(rows)) if i not in starts]
-        order = cold + sorted(starts)
+        groups: dict[int, list[int]] = {}  # rows after the same prefix KV (one object) prefill together
+        for i in sorted(starts):
+            groups.setdefault(id(starts[i][1]), []).append(i)
+        order = cold + [i for members in groups.values() for i in members]
         logits = []
         if cold:
             logits.append(self._prefill_cold([rows[i] for i in cold]))
-        for i in sorted(starts):
-            logits.append(self._prefill_after(rows[i], *starts[i]))
+        for members in groups.values():
+            n, kv = starts[members[0]]
+            logits.append(self._prefill_after([rows[i] for i in members], n, kv))
         if cache is not None:
             self._remember(cache, [rows[i] for i in order])
         return torch.cat(logits)
@@ -301,20 +305,32 @@ class DecodeBatch:
         self._join(out.cache, mask, positions[:, -1], rows)
         return out.logits[:, -1, :]
 
-    def _prefill_after(self, row: _Row, start: int, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """Prefill ``row.prompt[start:]`` after the KV of its first ``start`` tokens."""
+    def _prefill_after(self, rows: list[_Row], start: int, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Prefill every ``row.prompt[start:]`` after the same KV of their first ``start`` tokens,
+        in one forward: the rests are left-padded after the prefix (the padding is masked, so a
+        row's cache has a hole between its prefix and its rest, which the decode steps ignore)."""
         from transformers.cache_utils import DynamicCache
 
-        n = len(row.prompt)
+        rests = [r.prompt[start:] for r in rows]
+        width = max(len(x) for x in rests)
+        input_ids = torch.full((len(rows), width), self.engine.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), start + width), dtype=torch.long)
+        mask[:, :start] = 1
+        for i, rest in enumerate(rests):
+            input_ids[i, width - len(rest) :] = torch.tensor(rest, dtype=torch.long)
+            mask[i, start + width - len(rest) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, start:]
+        b = len(rows)
+        past = [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in kv] if b > 1 else kv
         out = self.engine.model(
-            input_ids=torch.tensor([row.prompt[start:]], dtype=torch.long),
-            attention_mask=torch.ones((1, n), dtype=torch.long),
-            position_ids=torch.arange(start, n)[None, :],
-            cache=DynamicCache(ddp_cache_data=kv),
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=DynamicCache(ddp_cache_data=past),
             use_cache=True,
-            **self.engine.forward_kwargs([row.adapter]),
+            **self.engine.forward_kwargs([r.adapter for r in rows]),
         )
-        self._join(out.cache, torch.ones((1, n), dtype=torch.long), torch.tensor([n - 1]), [row])
+        self._join(out.cache, mask, positions[:, -1], rows)
         return out.logits[:, -1, :]
 
     def _join(self, cache: Any, mask: torch.Tensor, last_pos: torch.Tensor, rows: list[_Row]) -> None:
@@ -329,10 +345,14 @@ class DecodeBatch:
         from slmops.engines.prefix_cache import shared_prefix_groups
 
         found: dict[int, tuple[int, Any]] = {}
+        joined: dict[tuple[int, ...], Any] = {}  # rows that hit the same blocks share one KV (and a forward)
         for i, r in enumerate(rows):
             n, blocks = cache.lookup(r.prompt, r.adapter or "")
             if n:
-                found[i] = (n, _concat_blocks(blocks))
+                key = tuple(id(b) for b in blocks)
+                if key not in joined:
+                    joined[key] = _concat_blocks(blocks)
+                found[i] = (n, joined[key])
         misses = [i for i in range(len(rows)) if i not in found]
         for adapter in dict.fromkeys(rows[i].adapter for i in misses):
             same = [i for i in misses if rows[i].adapter == adapter]
@@ -353,14 +373,13 @@ class DecodeBatch:
         """Put the newcomers' prompt blocks in the prefix cache (they are the last rows now)."""
         if self._cache is None or not _mergeable(self._cache):
             return
-        width = self._mask.shape[1]
         for slot, row in zip(range(len(self._rows) - len(rows), len(self._rows)), rows, strict=True):
-            offset = width - len(row.prompt)  # real tokens are right-aligned
+            # the row's real columns, in order (padding may sit on the left and after a shared prefix)
+            cols = self._mask[slot].nonzero().flatten()[-len(row.prompt) :]
 
-            def block(a: int, b: int, slot: int = slot, offset: int = offset) -> list[tuple[Any, Any]]:
+            def block(a: int, b: int, slot: int = slot, cols: torch.Tensor = cols) -> list[tuple[Any, Any]]:
                 return [
-                    (layer.keys[slot, :, offset + a : offset + b].clone(),
-                     layer.values[slot, :, offset + a : offset + b].clone())
+                    (layer.keys[slot, :, cols[a:b]].clone(), layer.values[slot, :, cols[a:b]].clone())
                     for layer in self._cache.layers
                 ]
 
