@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             result = engine.generate([_request(args.max_tokens, nonce + 1)])[0]
             sides[name]["total_s"].append(time.perf_counter() - t0)
             sides[name]["completion_tokens"] = result.completion_tokens
+            print(f"{name}: TTFT {sides[name]['ttft_s'][-1]:.3f} s, {result.completion_tokens} tokens in "
+                  f"{sides[name]['total_s'][-1]:.2f} s", file=sys.stderr, flush=True)
     for engine in engines.values():
         engine.close()
     for s in sides.values():
