@@ -34,11 +34,13 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -110,6 +112,9 @@ def main() -> None:
                     help="record the server with py-spy (speedscope JSON) during the 8-client level")
     ap.add_argument("--step-rows", default="1,2,4,8", help="batch rows timed by --parts steps")
     ap.add_argument("--steps", type=int, default=24, help="decode steps timed per row count (--parts steps)")
+    ap.add_argument("--ort-profile", action="store_true",
+                    help="with --parts steps on an ONNX model: ONNX Runtime's profiler, kernel time per op type per "
+                    "decode step, at each row count")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     if args.quick:
@@ -132,7 +137,10 @@ def main() -> None:
 
     if "steps" in parts:
         with open_engine(model, store, threads=args.threads) as engine:
-            out["steps"] = step_rows(engine, [int(x) for x in args.step_rows.split(",")], args.steps)
+            rows_list = [int(x) for x in args.step_rows.split(",")]
+            out["steps"] = step_rows(engine, rows_list, args.steps)
+            if args.ort_profile:
+                out["ort_profile"] = ort_profile(engine, rows_list, args.steps, args.threads)
         if not parts & {"single", "concurrency", "load"}:
             out["load_avg_end"] = round(os.getloadavg()[0], 2)
             print(json.dumps(out))
@@ -176,15 +184,15 @@ def concurrency(target: Target, args: argparse.Namespace, out: dict) -> None:
             spy = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "--pid",
                                     str(target.process.pid), "--rate", "50", "--format", "speedscope", "--threads",
                                     "--nonblocking", "-o", args.py_spy], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+                                   stderr=open(args.py_spy + ".log", "wb"))  # noqa: SIM115
         server0 = sum(target.process.cpu_times()[:2]) if target.process else 0.0
         client0 = sum(me.cpu_times()[:2])
         samples, wall = asyncio.run(run_clients(target, bodies, c, 600))
         server_s = sum(target.process.cpu_times()[:2]) - server0 if target.process else 0.0
         client_s = sum(me.cpu_times()[:2]) - client0
         if spy is not None:
-            spy.terminate()  # py-spy writes its profile on SIGTERM/SIGINT
-            spy.wait(30)
+            spy.send_signal(signal.SIGINT)  # py-spy writes its profile on Ctrl-C
+            spy.wait(60)
         level[c] = sum(s.tokens for s in samples if s.status == 200) / wall
         cpu[c] = {"wall_s": round(wall, 2), "server_cpu_pct": round(100 * server_s / wall, 1),
                   "client_cpu_pct": round(100 * client_s / wall, 1)}
@@ -198,6 +206,55 @@ def concurrency(target: Target, args: argparse.Namespace, out: dict) -> None:
 
 
 STORY = "Write a long story about a dragon who learns to bake bread."
+
+
+def _story_batch(engine: Any, rows: int, steps: int) -> Any:
+    batch = engine.new_batch()
+    for i in range(rows):
+        req = GenerationRequest.chat(STORY, GenerationParams(max_tokens=steps + 8, temperature=0.0),
+                                     system=f"Session {i}. You are a helpful assistant.")
+        batch.add(req)
+    batch.step()  # prefill (and first token)
+    batch.step()  # warm-up step
+    return batch
+
+
+def ort_profile(engine: Any, rows_list: list[int], steps: int, threads: int) -> dict[str, Any]:
+    """Per row count: ONNX Runtime's own kernel time per decode step by op type (a second session
+    of the same decoder file with profiling on, swapped in after the prefill)."""
+    import onnxruntime as ort
+
+    graph = engine.graph
+    plain = graph.session
+    path = plain._model_path
+    result: dict[str, Any] = {}
+    for rows in rows_list:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", os.environ.get("SLMOPS_ORT_SPIN", "0"))
+        opts.enable_profiling = True
+        opts.profile_file_prefix = f"/tmp/slmops-ort-profile-{rows}"
+        profiled = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        batch = _story_batch(engine, rows, steps)
+        graph.session = profiled
+        for _ in range(steps):
+            batch.step()
+        graph.session = plain
+        while batch:
+            batch.step()
+        trace = Path(profiled.end_profiling())
+        by_op: dict[str, float] = {}
+        for ev in json.loads(trace.read_text()):
+            if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
+                op = ev.get("args", {}).get("op_name", "?")
+                by_op[op] = by_op.get(op, 0.0) + ev["dur"] / 1000 / steps
+        trace.unlink()
+        total = sum(by_op.values())
+        top = dict(sorted(((k, round(v, 2)) for k, v in by_op.items()), key=lambda kv: -kv[1])[:6])
+        result[str(rows)] = {"kernel_ms_per_step": round(total, 2), "by_op_ms": top}
+        print(f"ort profile: {rows} rows -> {total:.1f} ms of kernels per step; "
+              + ", ".join(f"{k} {v}" for k, v in top.items()))
+    return result
 
 
 def step_rows(engine: Any, rows_list: list[int], steps: int) -> dict[str, Any]:
@@ -226,13 +283,7 @@ def step_rows(engine: Any, rows_list: list[int], steps: int) -> dict[str, Any]:
         model.register_forward_hook(lambda m, a, o: inner.__setitem__(0, inner[0] + time.perf_counter() - hook_t[0]))
     result: dict[str, Any] = {}
     for rows in rows_list:
-        batch = engine.new_batch()
-        for i in range(rows):
-            req = GenerationRequest.chat(STORY, GenerationParams(max_tokens=steps + 8, temperature=0.0),
-                                         system=f"Session {i}. You are a helpful assistant.")
-            batch.add(req)
-        batch.step()  # prefill (and first token)
-        batch.step()  # warm-up step
+        batch = _story_batch(engine, rows, steps)
         inner[0], active, t0 = 0.0, [], time.perf_counter()
         for _ in range(steps):
             active.append(len(batch.step()))
