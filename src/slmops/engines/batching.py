@@ -349,7 +349,8 @@ class DecodeBatch:
         misses = [i for i in range(len(rows)) if i not in found]
         for adapter in dict.fromkeys(rows[i].adapter for i in misses):
             same = [i for i in misses if rows[i].adapter == adapter]
-            for members, n in shared_prefix_groups([rows[i].prompt for i in same], cache.block):
+            # the exact shared length (not whole blocks): the rows' own blocks are cached afterwards
+            for members, n in shared_prefix_groups([rows[i].prompt for i in same], cache.block, aligned=False):
                 idx = [same[m] for m in members]
                 out = self.engine.model(
                     input_ids=torch.tensor([rows[idx[0]].prompt[:n]], dtype=torch.long),
