@@ -291,6 +291,7 @@ class DecodeBatch:
             attention_mask=mask,
             position_ids=positions,
             use_cache=True,
+            logits_to_keep=1,  # only the next token's: the LM head over every prompt position is ~20% of prefill
             **self.engine.forward_kwargs([r.adapter for r in rows]),
         )
         if not _mergeable(out.cache):
@@ -321,6 +322,7 @@ class DecodeBatch:
             position_ids=positions,
             cache=DynamicCache(ddp_cache_data=past),
             use_cache=True,
+            logits_to_keep=1,
             **self.engine.forward_kwargs([r.adapter for r in rows]),
         )
         self._join(out.cache, mask, positions[:, -1], rows)
@@ -355,6 +357,7 @@ class DecodeBatch:
                 out = self.engine.model(
                     input_ids=torch.tensor([rows[idx[0]].prompt[:n]], dtype=torch.long),
                     use_cache=True,
+                    logits_to_keep=1,  # only its KV is used
                     **self.engine.forward_kwargs([adapter]),
                 )
                 kv = [(layer.keys, layer.values) for layer in out.cache.layers]
