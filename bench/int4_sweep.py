@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def stored_quality(record: Any) -> dict[str, Any]:
     """What ``slmops optimize`` measured and stored for the variant (None where it did not)."""
-    m, recipe = record.metrics, record.recipe
+    m, recipe = record.metrics.get("optimize") or {}, record.recipe
     task = m.get("task") or {}
     return {
         "size_mb": round(record.size_bytes / 1e6, 1),
@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             result = engine.generate([_request(args.max_tokens, nonce + 1)])[0]
             sides[name]["total_s"].append(time.perf_counter() - t0)
             sides[name]["completion_tokens"] = result.completion_tokens
+            print(f"{name}: TTFT {sides[name]['ttft_s'][-1]:.3f} s, {result.completion_tokens} tokens in "
+                  f"{sides[name]['total_s'][-1]:.2f} s", file=sys.stderr, flush=True)
     for engine in engines.values():
         engine.close()
     for s in sides.values():
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     base = sides[args.variants[0]]
     print(f"{'variant':44} {'MB':>6} {'ppl':>7} {'Δppl%':>7} {'acc':>6} {'TTFT ms':>8} {'tok/s':>7} {'vs base':>7}")
     for name, s in sides.items():
-        acc = (s.get("task") or {}).get("accuracy")
+        acc = (s.get("task") or {}).get("score")
         ppl, dppl = s.get("perplexity"), s.get("ppl_change_pct")
         print(f"{name:44} {s['size_mb']:>6} {'-' if ppl is None else f'{ppl:.3f}':>7} "
               f"{'-' if dppl is None else f'{dppl:+.2f}':>7} {'-' if acc is None else f'{acc:.3f}':>6} "

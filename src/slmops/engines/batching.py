@@ -298,6 +298,7 @@ class DecodeBatch:
             attention_mask=mask,
             position_ids=positions,
             use_cache=True,
+            logits_to_keep=1,  # only the next token's: the LM head over every prompt position is ~20% of prefill
             **self.engine.forward_kwargs([r.adapter for r in rows]),
         )
         if not _mergeable(out.cache):
@@ -328,6 +329,7 @@ class DecodeBatch:
             position_ids=positions,
             cache=DynamicCache(ddp_cache_data=past),
             use_cache=True,
+            logits_to_keep=1,
             **self.engine.forward_kwargs([r.adapter for r in rows]),
         )
         self._join(out.cache, mask, positions[:, -1], rows)
@@ -356,11 +358,13 @@ class DecodeBatch:
         misses = [i for i in range(len(rows)) if i not in found]
         for adapter in dict.fromkeys(rows[i].adapter for i in misses):
             same = [i for i in misses if rows[i].adapter == adapter]
-            for members, n in shared_prefix_groups([rows[i].prompt for i in same], cache.block):
+            # the exact shared length (not whole blocks): the rows' own blocks are cached afterwards
+            for members, n in shared_prefix_groups([rows[i].prompt for i in same], cache.block, aligned=False):
                 idx = [same[m] for m in members]
                 out = self.engine.model(
                     input_ids=torch.tensor([rows[idx[0]].prompt[:n]], dtype=torch.long),
                     use_cache=True,
+                    logits_to_keep=1,  # only its KV is used
                     **self.engine.forward_kwargs([adapter]),
                 )
                 kv = [(layer.keys, layer.values) for layer in out.cache.layers]

@@ -138,10 +138,12 @@ class PrefixCache:
         self.bytes = 0
 
 
-def shared_prefix_groups(prompts: Sequence[Sequence[int]], block: int) -> list[tuple[list[int], int]]:
+def shared_prefix_groups(prompts: Sequence[Sequence[int]], block: int,
+                         aligned: bool = True) -> list[tuple[list[int], int]]:
     """Groups of at least two prompts (by index) that share a block-aligned prefix, with the
-    length of the longest one they all share (leaving each at least one token): prompts that
-    arrive together can then prefill that prefix once instead of once each."""
+    length of the longest one they all share (leaving each at least one token), rounded down to
+    whole blocks unless ``aligned`` is false: prompts that arrive together can then prefill that
+    prefix once instead of once each."""
     by_first: dict[tuple[int, ...], list[int]] = {}
     for i, p in enumerate(prompts):
         if len(p) > block:
@@ -155,7 +157,8 @@ def shared_prefix_groups(prompts: Sequence[Sequence[int]], block: int) -> list[t
         n = 0
         while n < limit and all(prompts[i][n] == first[n] for i in members):
             n += 1
-        n = (n // block) * block
+        if aligned:
+            n = (n // block) * block
         if n >= block:
             groups.append((members, n))
     return groups
