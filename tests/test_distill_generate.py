@@ -27,8 +27,8 @@ TICKETS = [
 
 
 class ScriptedTeacher(Engine):
-    """Answers with ``reply(question, k)``: the question is the last user turn's first line after
-    the label instruction (which label tasks put first),
+    """Answers with ``reply(question, k)``: the question is the last user turn's first line (after
+    the label instruction when a recipe puts it first),
     ``k`` counts how often that question was asked before (or, ``by_seed``, is the request's
     seed, so a sample gets the same answer in any run). Records every batch it got."""
 
@@ -89,12 +89,11 @@ def test_classification_prompts_few_shot_and_student_prompt(tmp_path: Path) -> N
     instruction = LABEL_INSTRUCTION.format(labels="billing, technical, account")
     assert first[0].role == "system" and first[0].content == DEFAULT_RECIPES["classification"].system
     # two few-shot turns with gold answers (one per label first), then the question
-    # the shared instruction and label set come before the ticket (a long common prefix to cache)
     assert [(m.role, m.content) for m in first[1:5]] == [
-        ("user", f"{instruction}\n\n{TICKETS[0]['prompt']}"), ("assistant", "billing"),
-        ("user", f"{instruction}\n\n{TICKETS[1]['prompt']}"), ("assistant", "technical"),
+        ("user", f"{TICKETS[0]['prompt']}\n\n{instruction}"), ("assistant", "billing"),
+        ("user", f"{TICKETS[1]['prompt']}\n\n{instruction}"), ("assistant", "technical"),
     ]
-    assert first[-1].content == f"{instruction}\n\n{TICKETS[0]['prompt']}"
+    assert first[-1].content == f"{TICKETS[0]['prompt']}\n\n{instruction}"
 
     accepted = lines(result.output)
     assert [(r["index"], r["completion"], r["output"]) for r in accepted] == [(0, "billing", "Billing."),
@@ -182,7 +181,7 @@ def test_recipe_file_overrides_the_prompt(tmp_path: Path) -> None:
     rows = [{**TICKETS[0], "lang": "en"}]
     teacher = ScriptedTeacher(lambda q, k: "billing")
     generate(tmp_path, rows, teacher, task="classification", labels=LABELS, recipe=recipe, system="Be terse.")
-    msgs = [(m.role, m.content.split("\n")[-1]) for m in teacher.batches[0][0].messages]
+    msgs = [(m.role, m.content.split("\n")[0]) for m in teacher.batches[0][0].messages]
     assert msgs == [("system", "Be terse."), ("user", "Ticket (): Refund please"), ("assistant", "billing"),
                     ("user", f"Ticket (en): {TICKETS[0]['prompt']}")]
     bad = tmp_path / "bad.yaml"
@@ -191,19 +190,19 @@ def test_recipe_file_overrides_the_prompt(tmp_path: Path) -> None:
         generate(tmp_path / "x", rows, teacher, task="classification", labels=LABELS, recipe=bad)
 
 
-def test_format_first_puts_the_shared_instruction_before_the_text(tmp_path: Path) -> None:
+def test_format_first_puts_the_shared_instruction_before_the_text_when_asked(tmp_path: Path) -> None:
     instruction = LABEL_INSTRUCTION.format(labels="billing, technical, account")
     chat = {"messages": [{"role": "user", "content": "Refund please"}]}
+    first = tmp_path / "first.yaml"
+    first.write_text("format_first: true\n", encoding="utf-8")
     teacher = ScriptedTeacher(lambda q, k: "billing")
-    generate(tmp_path / "a", [TICKETS[0], chat], teacher, task="classification", labels=LABELS)
+    generate(tmp_path / "a", [TICKETS[0], chat], teacher, task="classification", labels=LABELS, recipe=first)
     assert [r.messages[-1].content for r in teacher.batches[0]] == [f"{instruction}\n\n{TICKETS[0]['prompt']}",
                                                                     f"{instruction}\n\nRefund please"]
     # two prompts share everything up to the ticket text
     assert teacher.batches[0][0].messages[0] == teacher.batches[0][1].messages[0]
-    old = tmp_path / "after.yaml"
-    old.write_text("format_first: false\n", encoding="utf-8")
-    teacher = ScriptedTeacher(lambda q, k: "billing")
-    generate(tmp_path / "b", [TICKETS[0], chat], teacher, task="classification", labels=LABELS, recipe=old)
+    teacher = ScriptedTeacher(lambda q, k: "billing")  # the default: the instruction after the text
+    generate(tmp_path / "b", [TICKETS[0], chat], teacher, task="classification", labels=LABELS)
     assert [r.messages[-1].content for r in teacher.batches[0]] == [f"{TICKETS[0]['prompt']}\n\n{instruction}",
                                                                     f"Refund please\n\n{instruction}"]
 

@@ -24,7 +24,7 @@ RETRY_NOW = {"retry-after-ms": "10"}  # no backoff wait in the test
 
 
 def _label(body: dict[str, Any]) -> str:
-    question = body["messages"][-1]["content"].split("\n")[-1]  # the ticket comes after the instruction
+    question = body["messages"][-1]["content"].split("\n")[0]  # the ticket comes before the instruction
     return GOLD[question].upper()  # upper case: label normalisation must map it back
 
 

@@ -2,9 +2,10 @@
 
 A recipe is a system prompt, a user-turn ``template`` (``{input}`` is the record's text; other
 ``{field}`` placeholders come from the record), an ``answer_format`` appended after a blank line
-(``{labels}`` is the label set), or put before the text with ``format_first`` (the label tasks'
-default: every prompt then opens with the same system prompt, instruction and label set, a long
-prefix the engine's prefix cache prefills once), a chain-of-thought format used instead with
+(``{labels}`` is the label set), or put before the text with ``format_first`` (every prompt then
+opens with the same system prompt, instruction and label set, a long prefix the engine's prefix
+cache prefills once; off by default: the built-in 135M teacher labels 48/48 language tickets right
+with the instruction after the ticket and 37/48 with it before, bench/RESULTS.md), a chain-of-thought format used instead with
 ``--cot`` (math), and optional few-shot ``examples``. Every task has a default; a YAML or JSON file (``--recipe``)
 overrides any of its keys. The *student* is always asked the way ``slmops eval`` asks it (the
 evaluate module's task instruction), so training prompts and test prompts match.
@@ -64,13 +65,11 @@ DEFAULT_RECIPES: dict[str, Recipe] = {
     "classification": Recipe(
         system="You are an expert annotator. Read the user's text and assign it exactly one label.",
         answer_format=LABEL_INSTRUCTION,
-        format_first=True,
     ),
     "nli": Recipe(
         system="You are an expert in natural language inference: decide whether the hypothesis follows from the "
         "premise (entailment), contradicts it (contradiction), or neither (neutral).",
         answer_format=LABEL_INSTRUCTION,
-        format_first=True,
     ),
     "qa": Recipe(system="You answer questions accurately.", answer_format=TASKS["qa"].instruction),
     "conversation": Recipe(system="You are a helpful, accurate and concise assistant."),
