@@ -28,7 +28,7 @@ def teacher_store(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
     home = tmp_path_factory.mktemp("distill-run-home")
     store = ModelStore(home)
     instruction = LABEL_INSTRUCTION.format(labels=", ".join(LABELS))
-    system = DEFAULT_RECIPES["classification"].system  # asked as the recipe asks: its system prompt, the ticket, then the instruction
+    system = DEFAULT_RECIPES["classification"].system  # the recipe's system prompt, ticket, instruction
     rows = [{"messages": [{"role": "system", "content": system},
                           {"role": "user", "content": f"{r['prompt']}\n\n{instruction}"},
                           {"role": "assistant", "content": r["answer"]}]} for r in TICKETS] * 4
