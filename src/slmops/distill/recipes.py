@@ -7,8 +7,9 @@ opens with the same system prompt, instruction and label set, a long prefix the 
 cache prefills once; off by default: the built-in 135M teacher labels 48/48 language tickets right
 with the instruction after the ticket and 37/48 with it before, bench/RESULTS.md), a
 chain-of-thought format used instead with ``--cot`` (math), and optional few-shot ``examples``.
-Every task has a default; a YAML or JSON file (``--recipe``) overrides any of its keys. The *student* is always asked the way ``slmops eval`` asks it (the
-evaluate module's task instruction), so training prompts and test prompts match.
+Every task has a default; a YAML or JSON file (``--recipe``) overrides any of its keys. The
+*student* is always asked the way ``slmops eval`` asks it (the evaluate module's task
+instruction), so training prompts and test prompts match.
 """
 
 from __future__ import annotations
