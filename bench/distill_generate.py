@@ -149,7 +149,7 @@ def main() -> None:
     print(f"ratio {ratio:.2f}x (target {TARGET_RATIO}x: {'met' if ratio >= TARGET_RATIO else 'NOT met'}); "
           f"{same}/{len(single_out)} answers identical; teacher load {load_s:.1f} s; prefix cache hit rate "
           f"{hits.hit_rate:.0%} ({hits.hit_tokens} of {hits.lookup_tokens} prompt tokens not prefilled)")
-    print(f"new order: {correct(labels)}/{len(labels)} accepted labels equal the dataset's")
+    print(f"teacher labels: {correct(labels)}/{len(labels)} accepted labels equal the dataset's")
     if old is not None:
         o = old["prefix_cache"]
         print(f"old order (instruction after the ticket), batch {args.batch}: {old['accepted']}/{len(labels)} "
