@@ -107,11 +107,12 @@ class OrtGenAIEngine(Engine):
         # graph path never loads onnxruntime-genai (its own copy of the runtime: ~40 MB resident)
         self.adapters, self.default_adapter, self._og_adapters = (), None, None
         self.graph = None
-        if not read_manifest(path) and not self._cuda:
+        manifest = read_manifest(path)
+        if not manifest and not self._cuda:
             self.graph = DecoderGraph.open(path, threads=threads)
         self.prefix_cache = PrefixCache() if self.graph is not None else None
         if self.graph is None:
-            self.adapters, self.default_adapter, self._og_adapters = self._load_adapters(path)
+            self.adapters, self.default_adapter, self._og_adapters = self._load_adapters(path, manifest)
             _ = self.og_model  # load now: a bad file fails at open, not at the first request
 
     @property
@@ -149,8 +150,7 @@ class OrtGenAIEngine(Engine):
             return StreamBatch(self)
         return OrtDecodeBatch(self, self.graph, self.prefix_cache)
 
-    def _load_adapters(self, path: Path) -> tuple[tuple[str, ...], str | None, Any]:
-        manifest = read_manifest(path)
+    def _load_adapters(self, path: Path, manifest: dict[str, Any] | None) -> tuple[tuple[str, ...], str | None, Any]:
         if not manifest:
             return (), None, None
         loaded = self.og.Adapters(self.og_model)
