@@ -53,11 +53,10 @@ def run(
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("slmops.agent").setLevel(logging.INFO)
     home = (home or default_home()).expanduser()
-    cfg = AgentConfig(
-        device_id, fleet, addresses.broker(broker, home=home, ca_file=ca_file, credentials=credentials),
-        control.parse_labels(labels), home, host, port, trust, keep, report_interval, share_logs, min_free_bytes,
-        download_rate_limit, plain_http, threads=threads,
-    )
+    options = {k: v for k, v in locals().items() if k in AgentConfig.model_fields}
+    options.update(broker=addresses.broker(broker, home=home, ca_file=ca_file, credentials=credentials),
+                   labels=control.parse_labels(labels))  # fmt: skip
+    cfg = AgentConfig(**options)
     agent = Agent(cfg)
     agent.start()
     err_console.print(f"agent {fleet}/{device_id} serving on {agent.url}, broker {cfg.broker.url}", highlight=False)

@@ -54,10 +54,8 @@ def optimize(
 
     Example: slmops optimize smollm2-135m-instruct --to onnx --precision int4 --max-ppl-increase 10
     """
-    config = OptimizeConfig(
-        ref, to, merge, precision, quant, block_size, symmetric, accuracy_level, algorithm, device, output,
-        max_ppl_increase, strict, ppl_text, eval_data, eval_task, no_task_check, keep_adapters, tuple(adapter or ()),
-    )
+    options = {k: v for k, v in locals().items() if k in OptimizeConfig.model_fields}
+    config = OptimizeConfig(**options, adapters=tuple(adapter or ()))
     result = run_optimize(config, store=open_store(), progress=status)
     if as_json:
         print_json(result.to_dict())
