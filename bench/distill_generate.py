@@ -91,9 +91,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=16, help="teacher answer budget (the classification default)")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--old-order", action="store_true",
-                        help="also run the batched side with the label instruction after the ticket (the recipe's "
-                        "order before format_first): its acceptance, label agreement and prefix-cache hits")
+    parser.add_argument("--format-first", action="store_true",
+                        help="also run the batched side with the label instruction before the ticket (a recipe "
+                        "with format_first: true): its acceptance, label agreement and prefix-cache hits")
     parser.add_argument("--profile", action="store_true",
                         help="time every model forward: prefill vs decode seconds, by batch rows, per side")
     args = parser.parse_args()
@@ -113,7 +113,7 @@ def main() -> None:
     def correct(labels: list[tuple[str | None, Any]]) -> int:
         return sum(a is not None and a == gold for a, gold in labels)
 
-    old: dict[str, Any] | None = None
+    other: dict[str, Any] | None = None
     profile: dict[str, Any] = {}
     timed = TimedModel(engine.model) if args.profile else None
     if timed is not None:
@@ -127,18 +127,18 @@ def main() -> None:
         batched, batched_out, labels = run_side(engine, args.batch, args.prompts, args.max_tokens, Path(tmp))
         if timed is not None:
             profile["batched"] = {**timed.take(), "total": round(batched.seconds, 3)}
-        if args.old_order:
-            recipe = Path(tmp) / "after.yaml"
-            recipe.write_text("format_first: false\n", encoding="utf-8")
-            old_cache = engine.prefix_cache = PrefixCache()
-            old_run, _, old_labels = run_side(engine, args.batch, args.prompts, args.max_tokens, Path(tmp), recipe)
-            agree = sum(a[0] == b[0] for a, b in zip(labels, old_labels, strict=True))
+        if args.format_first:
+            recipe = Path(tmp) / "first.yaml"
+            recipe.write_text("format_first: true\n", encoding="utf-8")
+            other_cache = engine.prefix_cache = PrefixCache()
+            run, _, other_labels = run_side(engine, args.batch, args.prompts, args.max_tokens, Path(tmp), recipe)
+            agree = sum(a[0] == b[0] for a, b in zip(labels, other_labels, strict=True))
             if timed is not None:
-                profile["old_order"] = {**timed.take(), "total": round(old_run.seconds, 3)}
-            old = {"accepted": old_run.counts.get("accepted", 0), "counts": dict(old_run.counts),
-                   "correct": correct(old_labels), "tokens_per_second": round(old_run.tokens_per_second, 2),
-                   "seconds": round(old_run.seconds, 2), "agreeing_labels": agree,
-                   "prefix_cache": old_cache.stats.as_dict()}
+                profile["format_first"] = {**timed.take(), "total": round(run.seconds, 3)}
+            other = {"accepted": run.counts.get("accepted", 0), "counts": dict(run.counts),
+                     "correct": correct(other_labels), "tokens_per_second": round(run.tokens_per_second, 2),
+                     "seconds": round(run.seconds, 2), "agreeing_labels": agree,
+                     "prefix_cache": other_cache.stats.as_dict()}
     hits = cache.stats
     ratio = batched.tokens_per_second / single.tokens_per_second if single.tokens_per_second else 0.0
     same = sum(a == b for a, b in zip(single_out, batched_out, strict=True))
@@ -150,13 +150,13 @@ def main() -> None:
           f"{same}/{len(single_out)} answers identical; teacher load {load_s:.1f} s; prefix cache hit rate "
           f"{hits.hit_rate:.0%} ({hits.hit_tokens} of {hits.lookup_tokens} prompt tokens not prefilled)")
     print(f"teacher labels: {correct(labels)}/{len(labels)} accepted labels equal the dataset's")
-    if old is not None:
-        o = old["prefix_cache"]
-        print(f"old order (instruction after the ticket), batch {args.batch}: {old['accepted']}/{len(labels)} "
-              f"accepted (new order {batched.counts.get('accepted', 0)}), {old['agreeing_labels']}/{len(labels)} "
-              f"labels the same as the new order's, {old['tokens_per_second']:.1f} tok/s, {old['seconds']:.2f} s, "
-              f"{o['hit_tokens']} of {o['lookup_tokens']} prompt tokens not prefilled; "
-              f"{old['correct']}/{len(labels)} equal the dataset's labels")
+    if other is not None:
+        o = other["prefix_cache"]
+        print(f"format_first (instruction before the ticket), batch {args.batch}: {other['accepted']}/{len(labels)} "
+              f"accepted (default order {batched.counts.get('accepted', 0)}), {other['agreeing_labels']}/{len(labels)}"
+              f" labels the same as the default order's, {other['tokens_per_second']:.1f} tok/s, "
+              f"{other['seconds']:.2f} s, {o['hit_tokens']} of {o['lookup_tokens']} prompt tokens not prefilled; "
+              f"{other['correct']}/{len(labels)} equal the dataset's labels")
     for side, split in profile.items():
         rest = split["total"] - split["prefill"] - split["decode"]
         print(f"profile {side}: total {split['total']:.2f} s = prefill {split['prefill']:.2f} + decode "
@@ -170,7 +170,7 @@ def main() -> None:
         "target_ratio": TARGET_RATIO, "target_met": ratio >= TARGET_RATIO, "identical_answers": same,
         "correct_labels": correct(labels), "counts": dict(batched.counts), "profile": profile or None,
         "single_seconds": round(single.seconds, 2), "batched_seconds": round(batched.seconds, 2),
-        "prefix_cache": hits.as_dict(), "old_order": old, "cpus": os.cpu_count(), "load_avg_start": load_start,
+        "prefix_cache": hits.as_dict(), "format_first": other, "cpus": os.cpu_count(), "load_avg_start": load_start,
         "load_avg_end": load, "machine": platform.machine(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }))
